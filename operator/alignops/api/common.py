@@ -1,0 +1,150 @@
+"""Building blocks shared by stage types: model source, storage, datasets, references, resources."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from alignops.api.base import ApiModel
+
+URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|E|Ei)?$"
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+
+
+class Architecture(ApiModel):
+    """A small decoder-only model built from a config, for demos and tests (llama-style)."""
+
+    family: Literal["llama"] = Field("llama", description="Model family; `llama` builds a LlamaForCausalLM.")
+    hidden_size: int = Field(64, ge=8, le=8192, description="Width of the residual stream.")
+    layers: int = Field(2, ge=1, le=128, description="Number of transformer blocks.")
+    heads: int = Field(4, ge=1, le=128, description="Attention heads; must divide hiddenSize.")
+    intermediate_size: int | None = Field(
+        None, ge=8, le=65536, description="MLP width; defaults to 4 x hiddenSize."
+    )
+    max_positions: int = Field(128, ge=16, le=131072, description="Longest sequence the model accepts (tokens).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the random initialisation.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "Architecture":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hiddenSize ({self.hidden_size})")
+        return self
+
+
+class ModelSource(ApiModel):
+    """The base model: a Hugging Face checkpoint in storage, or an architecture built from a config
+    with a character-level tokenizer made locally (no download)."""
+
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=URI_PATTERN,
+        description="Storage URI of a Hugging Face checkpoint directory (s3://bucket/path or file:///path).",
+    )
+    architecture: Architecture | None = Field(
+        None, description="Build a small model from this config instead of loading one (demos, tests)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelSource":
+        if (self.uri is None) == (self.architecture is None):
+            raise ValueError("set exactly one of model.uri or model.architecture")
+        return self
+
+
+class StorageSpec(ApiModel):
+    """Where checkpoints, datasets and rollouts go. Credentials never appear here: they come from the
+    Secret named by secretName (as environment variables) or from the pod's IAM role."""
+
+    uri: str = Field(
+        ...,
+        max_length=1024,
+        pattern=URI_PATTERN,
+        description="Root of the job's objects: s3://bucket/prefix, or file:///path for local runs.",
+    )
+    endpoint: str | None = Field(
+        None, max_length=512, pattern=r"^https?://", description="S3 endpoint URL for MinIO, Ceph RGW or other S3-compatible servers."
+    )
+    region: str | None = Field(None, max_length=64, description="S3 region, e.g. us-east-1.")
+    secret_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) become the stage pods' environment.",
+    )
+    path_style: bool = Field(False, description="Use path-style addressing (MinIO, Ceph RGW).")
+
+
+class StageRef(ApiModel):
+    """A model input: the checkpoint of an earlier stage, or a checkpoint URI."""
+
+    from_stage: str | None = Field(
+        None, max_length=20, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", description="Name of an earlier stage whose final checkpoint is used."
+    )
+    uri: str | None = Field(None, max_length=1024, pattern=URI_PATTERN, description="A checkpoint URI to use instead.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StageRef":
+        if (self.from_stage is None) == (self.uri is None):
+            raise ValueError("set exactly one of fromStage or uri")
+        return self
+
+
+DatasetFormat = Literal["sft", "pairs", "rankings", "prompts", "unpaired"]
+
+
+class DatasetSource(ApiModel):
+    """JSON lines from storage, or the built-in generator of the demo task."""
+
+    uri: str | None = Field(None, max_length=1024, pattern=URI_PATTERN, description="Storage URI of a JSON-lines file.")
+    generator: Literal["arithmetic"] | None = Field(
+        None, description="Built-in generator: `arithmetic` makes the verifiable demo task (sums of small numbers)."
+    )
+    size: int = Field(2000, ge=1, le=1_000_000, description="Examples to generate (generator only).")
+    seed: int = Field(1, ge=0, le=2**31 - 1, description="Generator seed; the held-out split always uses its own seed.")
+    max_operand: int = Field(99, ge=1, le=9999, description="Largest operand of the arithmetic task (generator only).")
+    format: DatasetFormat | None = Field(
+        None, description="Record format; defaults to what the stage type reads (sft, pairs, rankings, prompts, unpaired)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "DatasetSource":
+        if (self.uri is None) == (self.generator is None):
+            raise ValueError("set exactly one of uri or generator")
+        return self
+
+
+class Datasets(ApiModel):
+    """The stage's training data and its held-out evaluation data."""
+
+    train: DatasetSource = Field(..., description="Training records.")
+    eval: DatasetSource | None = Field(
+        None,
+        description="Held-out records; for a generator, defaults to its held-out split (disjoint from every training set).",
+    )
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (see core/v1 Toleration)."""
+
+    key: str | None = Field(None, max_length=317, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, max_length=63, description="Taint value to match.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect to match.")
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class Resources(ApiModel):
+    """What one stage run asks of the cluster. Ignored by `alignops run` except gpus."""
+
+    cpu: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="CPU request and limit, e.g. `8` or `500m`.")
+    memory: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. `64Gi`.")
+    gpus: int = Field(0, ge=0, le=64, description="nvidia.com/gpu per node; more than 1 needs a distributed stage type.")
+    nodes: int = Field(1, ge=1, le=64, description="Nodes; more than 1 needs a distributed stage type.")
+    node_selector: dict[str, LabelValue] | None = Field(
+        None, max_length=32, description="Node labels the stage's pods must match."
+    )
+    tolerations: list[Toleration] | None = Field(None, max_length=16, description="Taints the stage's pods tolerate.")
+    image: str | None = Field(None, max_length=512, description="Container image overriding the operator's default for this stage.")

@@ -1,0 +1,129 @@
+"""Manifest validation: schema errors from pydantic and cross-field checks, each naming its field
+path (``spec.stages[1].policy.fromStage``) and the fix. The CRD's CEL rules mirror the cross-field
+checks for ``kubectl apply``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from alignops.api.job import AlignmentJob
+from alignops.api.stages import STAGE_TYPES
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InvalidManifest(ValueError):
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+class UnreadableManifest(OSError):
+    pass
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """pydantic's loc as a manifest path; the stage-type tag pydantic inserts after a stage index
+    (``stages, 0, 'sft', ...``) is dropped."""
+    out = ""
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif position >= 2 and loc[position - 2] == "stages" and isinstance(loc[position - 1], int) and part in STAGE_TYPES:
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field {str(err['loc'][-1])!r}: check its spelling (fields are camelCase)"
+        elif err["type"] == "union_tag_invalid":
+            message = f"unknown stage type {err['ctx']['tag']}; known types: {', '.join(sorted(STAGE_TYPES))}"
+        elif err["type"] == "literal_error" and err["loc"] and err["loc"][-1] in ("apiVersion", "kind"):
+            message = f"{message} (got {err['input']!r})"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        errors.append(FieldError(format_loc(err["loc"]), message))
+    return errors
+
+
+def semantic_errors(job: AlignmentJob) -> list[FieldError]:
+    """Cross-field rules the schema alone cannot express."""
+    errors: list[FieldError] = []
+    seen: dict[str, int] = {}
+    for index, stage in enumerate(job.spec.stages):
+        path = f"spec.stages[{index}]"
+        if stage.name in seen:
+            errors.append(FieldError(f"{path}.name", f"duplicate stage name {stage.name!r} (also spec.stages[{seen[stage.name]}]); stage names must be unique"))
+        seen.setdefault(stage.name, index)
+        info = STAGE_TYPES[stage.type]
+        for field_name, accepted in info.inputs.items():
+            ref = getattr(stage, field_name, None)
+            if ref is None or ref.from_stage is None:
+                continue
+            ref_path = f"{path}.{_camel(field_name)}.fromStage"
+            target_index = next((i for i, s in enumerate(job.spec.stages) if s.name == ref.from_stage), None)
+            if target_index is None:
+                errors.append(FieldError(ref_path, f"no stage named {ref.from_stage!r}; name an earlier stage"))
+            elif target_index >= index:
+                errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} does not run before {stage.name!r}; a stage can only use the output of an earlier stage"))
+            else:
+                produced = STAGE_TYPES[job.spec.stages[target_index].type].produces
+                if produced not in accepted:
+                    errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} produces a {produced}, but {_camel(field_name)} needs a {' or '.join(accepted)}"))
+        if stage.resources.gpus > info.max_gpus:
+            errors.append(FieldError(f"{path}.resources.gpus", f"{stage.resources.gpus} GPUs requested, but stage type {stage.type} trains on at most {info.max_gpus} GPU per run for now; set gpus: {info.max_gpus}"))
+        if stage.resources.nodes > 1:
+            errors.append(FieldError(f"{path}.resources.nodes", f"multi-node runs are not supported yet for stage type {stage.type}; set nodes: 1"))
+    return errors
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def parse_job(document: Any) -> AlignmentJob:
+    """An AlignmentJob from a manifest dict; raises InvalidManifest listing every error."""
+    if not isinstance(document, dict):
+        raise InvalidManifest([FieldError("", "the manifest must be a YAML mapping with apiVersion, kind, metadata and spec")])
+    try:
+        job = AlignmentJob.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidManifest(_pydantic_errors(exc)) from None
+    errors = semantic_errors(job)
+    if errors:
+        raise InvalidManifest(errors)
+    return job
+
+
+def read_manifest(path: str | Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UnreadableManifest(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UnreadableManifest(f"{path} is not valid YAML: {exc}") from None
+
+
+def load_job(path: str | Path) -> AlignmentJob:
+    return parse_job(read_manifest(path))

@@ -1,0 +1,255 @@
+"""The planner: pure functions from (spec, observed status) to the next action, and from a run's
+outcome to the new status. The local executor and the operator both use it, so the stage order,
+the retry rule and the config resolution exist once.
+
+Exit codes of the workload contract: 0 success; 1 failed, worth a retry; 78 configuration error
+(fail at once); 143 stopped by SIGTERM after committing a checkpoint (resume, not a failure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from alignops.api.job import AlignmentJob
+from alignops.api.stages import STAGE_TYPES
+from alignops.api.status import Condition, JobStatus, StageStatus
+from alignops.runconfig import Inputs, JobRef, StageRunConfig, StorageTarget
+from alignops.storage.layout import stage_prefix
+
+EXIT_OK = 0
+EXIT_RETRY = 1
+EXIT_CONFIG = 78
+EXIT_SIGTERM = 143
+
+RETRY_BASE_SECONDS = 10
+RETRY_MAX_SECONDS = 600
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def retry_delay(failures: int) -> int:
+    """Exponential backoff after the n-th failure: 10 s, 20 s, 40 s, ... at most 10 minutes."""
+    return min(RETRY_BASE_SECONDS * 2 ** max(failures - 1, 0), RETRY_MAX_SECONDS)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the executor supplies: where storage is when the spec names none, and the namespace."""
+
+    storage_uri: str
+    namespace: str = "default"
+    storage_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class StartRun:
+    config: StageRunConfig
+
+
+@dataclass(frozen=True)
+class Wait:
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    phase: str
+
+
+@dataclass(frozen=True)
+class Suspend:
+    pass
+
+
+Action = StartRun | Wait | Finished | Suspend
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a stage run ended, as an executor observed it."""
+
+    exit_code: int
+    checkpoint_uri: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None  # Completed, Error, OOMKilled, DeadlineExceeded, ...
+    message: str | None = None
+
+
+def initial_status(job: AlignmentJob) -> JobStatus:
+    return JobStatus(stages=[StageStatus(name=s.name) for s in job.spec.stages])
+
+
+def reconcile_stage_list(job: AlignmentJob, status: JobStatus) -> JobStatus:
+    """Status with one entry per spec stage, in spec order, keeping what is known of each."""
+    status = status.model_copy(deep=True)
+    known = {s.name: s for s in status.stages}
+    status.stages = [known.get(s.name) or StageStatus(name=s.name) for s in job.spec.stages]
+    return status
+
+
+def set_condition(status: JobStatus, type_: str, value: bool, reason: str, message: str, now: datetime,
+                  generation: int | None = None) -> None:
+    text = "True" if value else "False"
+    existing = status.condition(type_)
+    if existing and existing.status == text and existing.reason == reason and existing.message == message:
+        return
+    transition = existing.last_transition_time if existing and existing.status == text else rfc3339(now)
+    condition = Condition(type=type_, status=text, reason=reason, message=message[:4096],
+                          last_transition_time=transition, observed_generation=generation)
+    status.conditions = [c for c in status.conditions if c.type != type_] + [condition]
+
+
+def output_model(job: AlignmentJob, status: JobStatus) -> str | None:
+    """The checkpoint of the last succeeded stage that produces a policy."""
+    uri = None
+    for stage, observed in zip(job.spec.stages, status.stages):
+        if STAGE_TYPES[stage.type].produces == "policy" and observed.phase == "Succeeded":
+            uri = observed.checkpoint_uri
+    return uri
+
+
+def _resolve_ref(ref, status: JobStatus) -> str | None:
+    if ref is None:
+        return None
+    if ref.uri is not None:
+        return ref.uri
+    observed = status.stage(ref.from_stage)
+    return observed.checkpoint_uri if observed else None
+
+
+def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: int, defaults: Defaults,
+                role: str = "all", round_: int | None = None) -> StageRunConfig:
+    """The resolved configuration of one run of a stage."""
+    stage = job.stage(stage_name)
+    info = STAGE_TYPES[stage.type]
+    storage = job.spec.storage
+    namespace = job.metadata.namespace or defaults.namespace
+    inputs = Inputs(**{name: _resolve_ref(getattr(stage, name, None), status) for name in info.inputs})
+    algorithm = getattr(stage, "algorithm", None) or info.default_algorithm
+    return StageRunConfig(
+        job=JobRef(name=job.name, namespace=namespace, uid=job.metadata.uid),
+        stage=stage.name,
+        type=stage.type,
+        algorithm=algorithm,
+        attempt=attempt,
+        role=role,
+        round=round_,
+        base_model=job.spec.model,
+        inputs=inputs,
+        datasets=stage.datasets,
+        hyperparameters=stage.hyperparameters.model_dump(mode="json", by_alias=True),
+        storage=StorageTarget(
+            uri=storage.uri if storage else defaults.storage_uri,
+            endpoint=storage.endpoint if storage else defaults.storage_endpoint,
+            region=storage.region if storage else None,
+            path_style=storage.path_style if storage else False,
+        ),
+        stage_key=stage_prefix(namespace, job.name, stage.name),
+        pipeline=[s.name for s in job.spec.stages],
+    )
+
+
+def next_action(job: AlignmentJob, status: JobStatus, defaults: Defaults, now: datetime | None = None) -> Action:
+    """What should happen next. Stages run in spec order; the first not yet succeeded is the one."""
+    now = now or utcnow()
+    if status.phase in ("Succeeded", "Failed"):
+        return Finished(status.phase)
+    if job.spec.suspend:
+        return Suspend()
+    for stage, observed in zip(job.spec.stages, status.stages):
+        if observed.phase == "Succeeded":
+            continue
+        if observed.phase == "Failed":
+            return Finished("Failed")
+        if observed.retry_after and parse_time(observed.retry_after) > now:
+            return Wait((parse_time(observed.retry_after) - now).total_seconds(), f"backoff before attempt {observed.attempts + 1}")
+        return StartRun(resolve_run(job, status, stage.name, observed.attempts + 1, defaults))
+    return Finished("Succeeded")
+
+
+def mark_started(job: AlignmentJob, status: JobStatus, stage_name: str, now: datetime | None = None,
+                 job_name: str | None = None) -> JobStatus:
+    now = now or utcnow()
+    status = status.model_copy(deep=True)
+    observed = status.stage(stage_name)
+    observed.attempts += 1
+    observed.phase = "Running"
+    observed.retry_after = None
+    observed.job_name = job_name
+    observed.start_time = observed.start_time or rfc3339(now)
+    status.phase = "Running"
+    status.current_stage = stage_name
+    status.start_time = status.start_time or rfc3339(now)
+    status.observed_generation = job.metadata.generation
+    set_condition(status, "Progressing", True, "StageRunning", f"stage {stage_name} attempt {observed.attempts} running", now, job.metadata.generation)
+    set_condition(status, "Suspended", False, "Running", "", now, job.metadata.generation)
+    return status
+
+
+def record_outcome(job: AlignmentJob, status: JobStatus, stage_name: str, outcome: RunOutcome,
+                   now: datetime | None = None) -> JobStatus:
+    """The status after a run of ``stage_name`` ended. The retry rule lives here."""
+    now = now or utcnow()
+    generation = job.metadata.generation
+    status = status.model_copy(deep=True)
+    stage = job.stage(stage_name)
+    observed = status.stage(stage_name)
+    observed.metrics = {**observed.metrics, **outcome.metrics}
+    observed.message = outcome.message
+    if outcome.exit_code == EXIT_OK:
+        observed.phase = "Succeeded"
+        observed.reason = outcome.reason or "Completed"
+        observed.checkpoint_uri = outcome.checkpoint_uri
+        observed.completion_time = rfc3339(now)
+        status.output_model = output_model(job, status)
+        if all(s.phase == "Succeeded" for s in status.stages):
+            status.phase = "Succeeded"
+            status.completion_time = rfc3339(now)
+            set_condition(status, "Succeeded", True, "AllStagesSucceeded", f"{len(status.stages)} stages succeeded", now, generation)
+            set_condition(status, "Progressing", False, "Finished", "", now, generation)
+        else:
+            set_condition(status, "Progressing", True, "StageSucceeded", f"stage {stage_name} succeeded", now, generation)
+        return status
+    if outcome.exit_code == EXIT_SIGTERM and outcome.reason in (None, "Completed", "Error", "Terminated", "Suspended"):
+        # checkpointed on SIGTERM: resumed later, not a failed attempt
+        observed.phase = "Suspended"
+        observed.reason = "Suspended"
+        status.phase = "Suspended"
+        set_condition(status, "Suspended", True, "StageStopped", f"stage {stage_name} stopped after committing a checkpoint", now, generation)
+        set_condition(status, "Progressing", False, "Suspended", "", now, generation)
+        return status
+    reason = outcome.reason or ("ConfigurationError" if outcome.exit_code == EXIT_CONFIG else "Error")
+    observed.reason = reason
+    observed.failures += 1
+    detail = f"stage {stage_name} attempt {observed.attempts} failed: {reason} (exit code {outcome.exit_code})"
+    if outcome.message:
+        detail += f": {outcome.message}"
+    permanent = outcome.exit_code == EXIT_CONFIG
+    if permanent or observed.failures > stage.backoff_limit:
+        observed.phase = "Failed"
+        observed.completion_time = rfc3339(now)
+        status.phase = "Failed"
+        status.completion_time = rfc3339(now)
+        final_reason = reason if permanent else "BackoffLimitExceeded"
+        if not permanent:
+            detail += f"; {observed.failures} failed attempts exceed backoffLimit {stage.backoff_limit}"
+        set_condition(status, "Failed", True, final_reason, detail, now, generation)
+        set_condition(status, "Progressing", False, final_reason, detail, now, generation)
+    else:
+        delay = retry_delay(observed.failures)
+        observed.phase = "Retrying"
+        observed.retry_after = rfc3339(now + timedelta(seconds=delay))
+        set_condition(status, "Progressing", True, reason, f"{detail}; retrying in {delay} s from the last checkpoint", now, generation)
+    return status

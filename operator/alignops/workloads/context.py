@@ -1,0 +1,99 @@
+"""What a stage run has at hand: its resolved config, its store, a scratch directory, a metrics sink,
+and the stop flag that SIGTERM raises."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignops.runconfig import StageRunConfig
+from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
+from alignops.storage.checkpoints import CheckpointRef
+
+
+class ConfigError(Exception):
+    """The stage can never run as configured: exit 78, no retry."""
+
+
+class StopRequested(Exception):
+    """SIGTERM arrived and a checkpoint was committed: exit 143, resumed later."""
+
+
+@dataclass
+class MetricsSink:
+    """Per-step metrics: JSON lines for `alignops run` (ALIGNOPS_METRICS_LOG) and, where
+    ALIGNOPS_METRICS_PORT is set, Prometheus gauges served by alignops.metrics."""
+
+    log_path: Path | None = None
+    exporter: object | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def log(self, record: dict) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        self.history.append(record)
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.exporter is not None:
+            self.exporter.observe(record)
+
+
+@dataclass
+class RunContext:
+    config: StageRunConfig
+    store: ObjectStore
+    scratch: Path
+    metrics: MetricsSink
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def storage_options(self) -> StorageOptions:
+        s = self.config.storage
+        return StorageOptions(endpoint=s.endpoint, region=s.region, path_style=s.path_style)
+
+    def checkpoint_dir(self, ref: CheckpointRef) -> Path:
+        """A verified local copy of a committed checkpoint of this stage."""
+        return fetch_checkpoint(self.store, ref.key, self.scratch / "downloads")
+
+    def latest(self, round_prefix: str | None = None) -> CheckpointRef | None:
+        key = self.config.stage_key if round_prefix is None else f"{self.config.stage_key}/{round_prefix}"
+        return latest_checkpoint(self.store, key)
+
+    def open_uri(self, uri: str) -> Path:
+        """A verified local copy of the committed checkpoint at ``uri`` (another stage's output)."""
+        root, key = _split_checkpoint_uri(uri)
+        store = open_store(root, self.storage_options)
+        return fetch_checkpoint(store, key, self.scratch / "inputs")
+
+
+def _split_checkpoint_uri(uri: str) -> tuple[str, str]:
+    """A checkpoint URI as (store root, key): the root is the bucket (s3) or / (file)."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return f"s3://{bucket}", key
+    if uri.startswith("file://"):
+        return "file:///", uri[len("file://") :].lstrip("/")
+    raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
+
+
+def make_context(config: StageRunConfig) -> RunContext:
+    options = StorageOptions(endpoint=config.storage.endpoint, region=config.storage.region, path_style=config.storage.path_style)
+    store = open_store(config.storage.uri, options)
+    scratch_root = os.environ.get("ALIGNOPS_SCRATCH")
+    scratch = Path(tempfile.mkdtemp(prefix="alignops-", dir=scratch_root))
+    log_path = os.environ.get("ALIGNOPS_METRICS_LOG")
+    exporter = None
+    if os.environ.get("ALIGNOPS_METRICS_PORT"):
+        from alignops.metrics.workload import serve_stage_metrics
+
+        exporter = serve_stage_metrics(int(os.environ["ALIGNOPS_METRICS_PORT"]), config)
+    context = RunContext(config=config, store=store, scratch=scratch, metrics=MetricsSink(Path(log_path) if log_path else None, exporter))
+    signal.signal(signal.SIGTERM, lambda *_: context.stop.set())
+    return context

@@ -1,0 +1,116 @@
+"""``python -m alignops.workloads CONFIG.json``: run one stage run and map its end to an exit code.
+
+Exit codes: 0 success; 1 failed, worth a retry; 78 configuration error (message on stderr and in the
+result); 143 stopped by SIGTERM after committing a checkpoint. The result (at most 4 KB of JSON:
+``checkpointUri``, ``metrics``, ``message``) goes to ``ALIGNOPS_RESULT_PATH``: on a cluster the
+container's termination-message path, so the operator never needs storage credentials.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from alignops.planner import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, EXIT_SIGTERM
+from alignops.runconfig import StageRunConfig
+
+RESULT_LIMIT = 4096
+
+# stage type -> module with ``run(ctx) -> StageResult``; imported only when that stage runs
+STAGE_MODULES = {
+    "sft": "alignops.workloads.sft",
+}
+
+
+@dataclass
+class StageResult:
+    checkpoint_uri: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def encode_result(checkpoint_uri: str | None, metrics: dict[str, float], message: str | None = None) -> str:
+    """The result JSON, cut to fit the 4 KB termination message: metrics are dropped (last first)
+    and the message shortened before the checkpoint URI is ever lost."""
+    payload: dict = {"checkpointUri": checkpoint_uri, "metrics": {k: round(float(v), 6) for k, v in metrics.items()}}
+    if message:
+        payload["message"] = message[:1024]
+    text = json.dumps(payload, separators=(",", ":"))
+    while len(text.encode()) > RESULT_LIMIT and payload["metrics"]:
+        payload["metrics"].pop(next(reversed(payload["metrics"])))
+        text = json.dumps(payload, separators=(",", ":"))
+    if len(text.encode()) > RESULT_LIMIT:
+        payload["message"] = payload.get("message", "")[:200]
+        text = json.dumps(payload, separators=(",", ":"))
+    return text
+
+
+def write_result(text: str) -> None:
+    path = os.environ.get("ALIGNOPS_RESULT_PATH")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
+
+def load_config(path: str) -> StageRunConfig:
+    try:
+        return StageRunConfig.from_json(Path(path).read_text())
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read stage config {path}: {exc.strerror}") from None
+
+
+def main(argv: list[str]) -> int:
+    from alignops.workloads.context import ConfigError, StopRequested, make_context
+
+    if len(argv) != 1:
+        print("usage: python -m alignops.workloads CONFIG.json", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(argv[0])
+    except (FileNotFoundError, ValidationError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        write_result(encode_result(None, {}, f"configuration error: {exc}"))
+        return EXIT_CONFIG
+    if config.type not in STAGE_MODULES:
+        message = f"stage type {config.type!r} has no workload; known: {', '.join(sorted(STAGE_MODULES))}"
+        print(message, file=sys.stderr)
+        write_result(encode_result(None, {}, message))
+        return EXIT_CONFIG
+    _quiet_libraries()
+    ctx = None
+    try:
+        ctx = make_context(config)
+        module = importlib.import_module(STAGE_MODULES[config.type])
+        result: StageResult = module.run(ctx)
+        write_result(encode_result(result.checkpoint_uri, result.metrics))
+        return EXIT_OK
+    except StopRequested as exc:
+        write_result(encode_result(None, {}, str(exc)))
+        return EXIT_SIGTERM
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        write_result(encode_result(None, {}, f"configuration error: {exc}"))
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - every other failure is worth a retry
+        traceback.print_exc()
+        write_result(encode_result(None, {}, f"{type(exc).__name__}: {exc}"))
+        return EXIT_RETRY
+    finally:
+        if ctx is not None:
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
