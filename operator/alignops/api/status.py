@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from alignops.api.base import ApiModel
+
+
+class StatusModel(ApiModel):
+    """Status is written by AlignOps itself, so Python code may also fill it by field name."""
+
+    model_config = ConfigDict(validate_by_name=True)
 
 JobPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 StagePhase = Literal["Pending", "Running", "Retrying", "Suspended", "Succeeded", "Failed"]
 ConditionType = Literal["Progressing", "Suspended", "Succeeded", "Failed"]
 
 
-class Condition(ApiModel):
+class Condition(StatusModel):
     """A Kubernetes-style condition: the latest observation of one aspect of the job."""
 
     type: ConditionType = Field(..., description="Progressing, Suspended, Succeeded or Failed.")
@@ -24,7 +30,7 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(None, ge=0, description="The spec generation this condition was set for.")
 
 
-class StageStatus(ApiModel):
+class StageStatus(StatusModel):
     """What is known of one stage."""
 
     name: str = Field(..., max_length=20, description="Stage name.")
@@ -44,7 +50,7 @@ class StageStatus(ApiModel):
     )
 
 
-class JobStatus(ApiModel):
+class JobStatus(StatusModel):
     """Observed state of an AlignmentJob."""
 
     phase: JobPhase = Field("Pending", description="Pending, Running, Suspended, Succeeded or Failed.")

@@ -1,0 +1,1 @@
+"""The ``alignops`` command line."""
