@@ -1,0 +1,139 @@
+"""alignops.algos: the tensor math of alignment training (no I/O, only torch).
+
+Functions are small and pure; families of interchangeable algorithms are looked up by name in
+registries (``PREFERENCE_LOSSES``, ``REWARD_LOSSES``, ``ADVANTAGE_ESTIMATORS``,
+``KL_ESTIMATORS``, ``AGGREGATION_MODES``). Formulas and the differences between verl,
+OpenRLHF and TRL are documented in each docstring and in ALGORITHMS.md.
+"""
+
+from .advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
+    AdvantageOutput,
+    discounted_returns,
+    dr_grpo,
+    gae,
+    grpo,
+    reinforce_pp,
+    reinforce_pp_baseline,
+    remax,
+    rloo,
+)
+from .aggregation import AGGREGATION_MODES, aggregate_loss
+from .groups import GroupStats, contiguous_group_ids, group_min_max, group_stats
+from .kl import (
+    KL_ESTIMATORS,
+    LOG_RATIO_CLAMP,
+    AdaptiveKLController,
+    FixedKLController,
+    k1,
+    k2,
+    k3,
+    kl_shaped_token_rewards,
+)
+from .logprobs import (
+    IGNORE_INDEX,
+    entropy_from_logits,
+    last_valid_index,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    next_token_logprobs,
+    place_on_last_token,
+    sequence_logprob,
+    token_logprobs,
+)
+from .policy_losses import PolicyLossOutput, apa_loss, clipped_value_loss, ppo_clip_loss
+from .preference_losses import (
+    PREFERENCE_LOSSES,
+    KTOInputs,
+    LossOutput,
+    PreferenceInputs,
+    PreferenceOptions,
+    cdpo,
+    dpo,
+    ipo,
+    kto,
+    kto_reference_point,
+    orpo,
+    simpo,
+)
+from .ranking_losses import best_response_index, rrhf
+from .registry import Registry, UnknownNameError
+from .reward_losses import REWARD_LOSSES, bradley_terry, plackett_luce
+from .rewards import kimi_length_reward
+from .sft import masked_lm_loss
+
+__all__ = [
+    # registries
+    "Registry",
+    "UnknownNameError",
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "PREFERENCE_LOSSES",
+    "REWARD_LOSSES",
+    # log-probs and masked statistics
+    "IGNORE_INDEX",
+    "token_logprobs",
+    "next_token_logprobs",
+    "sequence_logprob",
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "entropy_from_logits",
+    "last_valid_index",
+    "place_on_last_token",
+    # SFT
+    "masked_lm_loss",
+    # reward models
+    "bradley_terry",
+    "plackett_luce",
+    # preference optimisation
+    "PreferenceInputs",
+    "PreferenceOptions",
+    "KTOInputs",
+    "LossOutput",
+    "dpo",
+    "cdpo",
+    "ipo",
+    "simpo",
+    "orpo",
+    "kto",
+    "kto_reference_point",
+    # ranking
+    "rrhf",
+    "best_response_index",
+    # groups and advantages
+    "GroupStats",
+    "contiguous_group_ids",
+    "group_stats",
+    "group_min_max",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "discounted_returns",
+    "gae",
+    "grpo",
+    "dr_grpo",
+    "rloo",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "remax",
+    "kimi_length_reward",
+    # policy / value losses, KL
+    "PolicyLossOutput",
+    "ppo_clip_loss",
+    "clipped_value_loss",
+    "apa_loss",
+    "LOG_RATIO_CLAMP",
+    "k1",
+    "k2",
+    "k3",
+    "kl_shaped_token_rewards",
+    "FixedKLController",
+    "AdaptiveKLController",
+    # aggregation
+    "aggregate_loss",
+]

@@ -1,0 +1,56 @@
+"""Supervised fine-tuning loss (responses only), with OpenChat's C-RLFT weighting.
+
+References: InstructGPT SFT (arXiv:2203.02155); OpenChat C-RLFT (arXiv:2309.11235).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from .logprobs import IGNORE_INDEX, next_token_logprobs
+
+__all__ = ["masked_lm_loss"]
+
+
+def masked_lm_loss(
+    logits: Tensor,
+    labels: Tensor,
+    weights: Optional[Tensor] = None,
+    *,
+    num_tokens: Union[int, float, Tensor, None] = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """Next-token cross-entropy averaged over the labelled (response) tokens of the batch.
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]``; the shift happens here, so pass the model's
+    logits and labels aligned with ``input_ids``, prompt and padding set to ``ignore_index``.
+
+    Args:
+        logits: (B, T, V).
+        labels: (B, T) with ``ignore_index`` on positions that carry no loss.
+        weights: optional (B,) per-example weights (C-RLFT, arXiv:2309.11235: each data
+            source's class reward, e.g. 1.0 for expert data and 0.1 for sub-optimal data). The
+            loss becomes ``sum_{b,t} w_b * nll_{b,t} / num_tokens``: weights scale an example's
+            contribution and are NOT renormalised (the C-RLFT objective is E[w * log pi]), so
+            all-ones weights give exactly the unweighted loss.
+        num_tokens: the normaliser; defaults to this batch's labelled-token count. Pass the
+            global count when the batch is one of several micro-batches/ranks so that summing
+            the shard losses gives the whole-batch loss.
+        ignore_index: label value meaning "no loss here".
+
+    Returns:
+        Scalar loss (0 when there is no labelled token).
+    """
+    token_logps, mask = next_token_logprobs(logits, labels, ignore_index)
+    nll = -token_logps  # already 0 where mask is False
+    if weights is not None:
+        if weights.shape != (labels.shape[0],):
+            raise ValueError(f"weights must have shape ({labels.shape[0]},), got {tuple(weights.shape)}")
+        nll = nll * weights.to(nll.dtype).unsqueeze(-1)
+    if num_tokens is None:
+        num_tokens = mask.sum()
+    denom = torch.as_tensor(num_tokens, dtype=nll.dtype, device=nll.device).clamp(min=1)
+    return nll.sum() / denom
