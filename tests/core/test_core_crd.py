@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from alignops.api.crd import build_crd, check_bounded, render_crd
-from conftest import PIPELINES, REPO, run_cli
+from suite import PIPELINES, REPO, run_cli
 from core.cel import evaluate_rules
 from core.test_core_validation import BROKEN, _mutate
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from alignops.api import InvalidManifest, parse_job
-from conftest import PIPELINES, run_cli
+from suite import PIPELINES, run_cli
 from core.manifests import sft_job, two_sft_job
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import run_cli
+from suite import run_cli
 from core.manifests import two_sft_job
 
 pytestmark = pytest.mark.slow
@@ -101,3 +101,16 @@ def test_set_override_errors_name_the_path(tmp_path):
     manifest = _manifest(tmp_path, 3)
     out = run_cli("run", str(manifest), "--workdir", str(tmp_path / "w"), "--set", "stages.nope.hyperparameters.maxSteps=2")
     assert out.returncode == 1 and "no stage named 'nope'" in out.stderr
+
+
+def test_plot_draws_the_metrics_of_a_run(tmp_path):
+    job_dir = tmp_path / "runs" / "demo"
+    (job_dir / "sft").mkdir(parents=True)
+    lines = [json.dumps({"step": s, "total_steps": 5, "loss": 2.0 / s}) for s in range(1, 6)]
+    (job_dir / "sft" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    out = run_cli("plot", str(job_dir))
+    assert out.returncode == 0, out.stderr
+    png = job_dir / "metrics.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    missing = run_cli("plot", str(tmp_path / "nothing"))
+    assert missing.returncode != 0 and "no */metrics.jsonl" in (missing.stderr + missing.stdout)
