@@ -33,6 +33,7 @@ from alignops.planner import (
     next_action,
     reconcile_stage_list,
     record_outcome,
+    retry_failed,
 )
 from alignops.runconfig import StageRunConfig
 
@@ -86,15 +87,7 @@ class LocalExecutor:
 
     def retry_failed(self, status: JobStatus) -> JobStatus:
         """Let a Failed job try its failed stage again (from its last checkpoint)."""
-        status = status.model_copy(deep=True)
-        if status.phase != "Failed":
-            return status
-        for stage in status.stages:
-            if stage.phase == "Failed":
-                stage.phase, stage.failures, stage.completion_time, stage.retry_after = "Retrying", 0, None, None
-        status.phase, status.completion_time = "Running", None
-        status.conditions = [c for c in status.conditions if c.type != "Failed"]
-        return status
+        return retry_failed(status)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, status: JobStatus | None = None) -> JobStatus:

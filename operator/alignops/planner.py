@@ -120,6 +120,32 @@ def output_model(job: AlignmentJob, status: JobStatus) -> str | None:
     return uri
 
 
+def split_rounds(stage) -> int | None:
+    """Rounds of a stage whose rounds run as separate `rollout` and `train` runs (an ``rl`` stage
+    with placement split); None for every other stage (one run does all of it)."""
+    hp = getattr(stage, "hyperparameters", None)
+    return hp.rounds if getattr(hp, "placement", None) == "split" else None
+
+
+def split_position(stage, observed: StageStatus) -> tuple[int, str] | None:
+    """(round, role) of the split stage's current or next run: round 1's rollout first. A round
+    beyond the spec's (rounds lowered while suspended) becomes the last round's train run."""
+    rounds = split_rounds(stage)
+    if rounds is None:
+        return None
+    if observed.round is not None and observed.round > rounds:
+        return rounds, "train"
+    return observed.round or 1, observed.role or "rollout"
+
+
+def next_split_run(stage, position: tuple[int, str]) -> tuple[int, str] | None:
+    """The run after ``position``: rollout r -> train r -> rollout r+1; None after the last train."""
+    round_, role = position
+    if role == "rollout":
+        return round_, "train"
+    return (round_ + 1, "rollout") if round_ < split_rounds(stage) else None
+
+
 def _resolve_ref(ref, status: JobStatus) -> str | None:
     if ref is None:
         return None
@@ -161,6 +187,20 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
     )
 
 
+def retry_failed(status: JobStatus) -> JobStatus:
+    """A Failed job made to try its failed stage again (from its last checkpoint): the stage's failure
+    count starts over. Used by ``alignops run --retry-failed`` and the operator's retry annotation."""
+    status = status.model_copy(deep=True)
+    if status.phase != "Failed":
+        return status
+    for stage in status.stages:
+        if stage.phase == "Failed":
+            stage.phase, stage.failures, stage.completion_time, stage.retry_after = "Retrying", 0, None, None
+    status.phase, status.completion_time = "Running", None
+    status.conditions = [c for c in status.conditions if c.type != "Failed"]
+    return status
+
+
 def next_action(job: AlignmentJob, status: JobStatus, defaults: Defaults, now: datetime | None = None) -> Action:
     """What should happen next. Stages run in spec order; the first not yet succeeded is the one."""
     now = now or utcnow()
@@ -175,7 +215,8 @@ def next_action(job: AlignmentJob, status: JobStatus, defaults: Defaults, now: d
             return Finished("Failed")
         if observed.retry_after and parse_time(observed.retry_after) > now:
             return Wait((parse_time(observed.retry_after) - now).total_seconds(), f"backoff before attempt {observed.attempts + 1}")
-        return StartRun(resolve_run(job, status, stage.name, observed.attempts + 1, defaults))
+        round_, role = split_position(stage, observed) or (None, "all")
+        return StartRun(resolve_run(job, status, stage.name, observed.attempts + 1, defaults, role, round_))
     return Finished("Succeeded")
 
 
@@ -189,6 +230,9 @@ def mark_started(job: AlignmentJob, status: JobStatus, stage_name: str, now: dat
     observed.retry_after = None
     observed.job_name = job_name
     observed.start_time = observed.start_time or rfc3339(now)
+    position = split_position(job.stage(stage_name), observed)
+    if position is not None:
+        observed.round, observed.role = position
     status.phase = "Running"
     status.current_stage = stage_name
     status.start_time = status.start_time or rfc3339(now)
@@ -208,6 +252,16 @@ def record_outcome(job: AlignmentJob, status: JobStatus, stage_name: str, outcom
     observed = status.stage(stage_name)
     observed.metrics = {**observed.metrics, **outcome.metrics}
     observed.message = outcome.message
+    position = split_position(stage, observed)
+    following = next_split_run(stage, position) if position is not None and outcome.exit_code == EXIT_OK else None
+    if following is not None:
+        # one run of a split stage succeeded; the stage goes on with the next run
+        observed.round, observed.role = following
+        observed.reason = outcome.reason or "Completed"
+        observed.checkpoint_uri = outcome.checkpoint_uri or observed.checkpoint_uri
+        set_condition(status, "Progressing", True, "SplitRunSucceeded",
+                      f"stage {stage_name} round {position[0]} {position[1]} run succeeded", now, generation)
+        return status
     if outcome.exit_code == EXIT_OK:
         observed.phase = "Succeeded"
         observed.reason = outcome.reason or "Completed"

@@ -136,6 +136,163 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
 
 
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class KeySelector(ApiModel):
+    """One key of a Secret or ConfigMap (core/v1 SecretKeySelector / ConfigMapKeySelector)."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the Secret or ConfigMap.")
+    key: str = Field(..., max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key whose value is used.")
+    optional: bool | None = Field(None, description="Start the pod even if the object or key is missing.")
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from."""
+
+    secret_key_ref: KeySelector | None = Field(None, description="A key of a Secret (e.g. an HF token).")
+    config_map_key_ref: KeySelector | None = Field(None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EnvVarSource":
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the stage container (core/v1 EnvVar, without fieldRef)."""
+
+    name: str = Field(..., min_length=1, max_length=128, pattern=ENV_NAME, description="Variable name; ALIGNOPS_* names are reserved.")
+    value: str | None = Field(None, max_length=4096, description="Literal value.")
+    value_from: EnvVarSource | None = Field(None, description="Value from a Secret or ConfigMap key.")
+
+    @model_validator(mode="after")
+    def _not_both(self) -> "EnvVar":
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set value or valueFrom, not both")
+        return self
+
+
+class NamedRef(ApiModel):
+    """A Secret or ConfigMap by name."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Object name.")
+    optional: bool | None = Field(None, description="Start the pod even if the object is missing.")
+
+
+class EnvFromSource(ApiModel):
+    """Every key of a Secret or ConfigMap as environment variables (core/v1 EnvFromSource)."""
+
+    secret_ref: NamedRef | None = Field(None, description="A Secret whose keys become variables.")
+    config_map_ref: NamedRef | None = Field(None, description="A ConfigMap whose keys become variables.")
+    prefix: str | None = Field(None, max_length=64, pattern=r"^[-._a-zA-Z0-9]*$", description="Prepended to every key.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EnvFromSource":
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("set exactly one of secretRef or configMapRef")
+        return self
+
+
+class SecretVolume(ApiModel):
+    """A Secret as files."""
+
+    secret_name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    optional: bool | None = Field(None, description="Mount an empty directory if the Secret is missing.")
+
+
+class ConfigMapVolume(ApiModel):
+    """A ConfigMap as files."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="ConfigMap name.")
+    optional: bool | None = Field(None, description="Mount an empty directory if the ConfigMap is missing.")
+
+
+class ClaimVolume(ApiModel):
+    """A PersistentVolumeClaim (e.g. a shared dataset cache)."""
+
+    claim_name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="PersistentVolumeClaim name.")
+
+
+class EmptyDirVolume(ApiModel):
+    """A scratch directory that lives as long as the pod."""
+
+    medium: Literal["", "Memory"] | None = Field(None, description="`Memory` for tmpfs; empty for the node's disk.")
+    size_limit: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="Size limit, e.g. `100Gi`.")
+
+
+class ExtraVolume(ApiModel):
+    """A volume and where the stage container mounts it: set exactly one source."""
+
+    name: str = Field(..., max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Volume name (not config, scratch or dshm).")
+    mount_path: str = Field(..., max_length=1024, pattern=r"^/", description="Absolute path in the container.")
+    read_only: bool | None = Field(None, description="Mount read-only.")
+    sub_path: str | None = Field(None, max_length=1024, description="Mount only this path inside the volume.")
+    secret: SecretVolume | None = Field(None, description="Files from a Secret.")
+    config_map: ConfigMapVolume | None = Field(None, description="Files from a ConfigMap.")
+    persistent_volume_claim: ClaimVolume | None = Field(None, description="A PersistentVolumeClaim.")
+    empty_dir: EmptyDirVolume | None = Field(None, description="A directory that lives as long as the pod.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ExtraVolume":
+        sources = [s for s in (self.secret, self.config_map, self.persistent_volume_claim, self.empty_dir) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("set exactly one of secret, configMap, persistentVolumeClaim or emptyDir")
+        return self
+
+
+class NodeSelectorRequirement(ApiModel):
+    """A node label expression (core/v1 NodeSelectorRequirement)."""
+
+    key: str = Field(..., max_length=317, description="Node label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(..., description="In, NotIn, Exists, DoesNotExist, Gt or Lt.")
+    values: list[LabelValue] | None = Field(None, max_length=32, description="Values for In/NotIn (several) or Gt/Lt (one integer).")
+
+
+class NodeSelectorTerm(ApiModel):
+    """Expressions that must all hold."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(..., min_length=1, max_length=16, description="Node label expressions, ANDed.")
+
+
+class NodeSelector(ApiModel):
+    """Terms of which at least one must hold."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(..., min_length=1, max_length=8, description="Terms, ORed.")
+
+
+class PreferredSchedulingTerm(ApiModel):
+    """A weighted preference."""
+
+    weight: int = Field(..., ge=1, le=100, description="Weight 1-100 added to a node's score when the term matches.")
+    preference: NodeSelectorTerm = Field(..., description="The term.")
+
+
+class NodeAffinity(ApiModel):
+    """Node affinity (core/v1 NodeAffinity)."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        None, description="Nodes the pods may run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
+        None, max_length=8, description="Nodes the pods prefer."
+    )
+
+
+class Affinity(ApiModel):
+    """A bounded subset of core/v1 Affinity: node affinity (pod (anti-)affinity is not offered)."""
+
+    node_affinity: NodeAffinity | None = Field(None, description="Node affinity of the stage's pods.")
+
+
+class LocalObjectReference(ApiModel):
+    """An object in the job's namespace, by name."""
+
+    name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Object name.")
+
+
 class Resources(ApiModel):
     """What one stage run asks of the cluster. Ignored by `alignops run` except gpus."""
 
@@ -148,3 +305,9 @@ class Resources(ApiModel):
     )
     tolerations: list[Toleration] | None = Field(None, max_length=16, description="Taints the stage's pods tolerate.")
     image: str | None = Field(None, max_length=512, description="Container image overriding the operator's default for this stage.")
+    affinity: Affinity | None = Field(None, description="Node affinity of the stage's pods.")
+    priority_class_name: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN, description="PriorityClass of the stage's pods.")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(None, max_length=8, description="Secrets for pulling the stage image.")
+    env: list[EnvVar] | None = Field(None, max_length=64, description="Extra environment variables of the stage container.")
+    env_from: list[EnvFromSource] | None = Field(None, max_length=16, description="Secrets/ConfigMaps whose keys become environment variables (e.g. HF_TOKEN).")
+    volumes: list[ExtraVolume] | None = Field(None, max_length=16, description="Extra volumes mounted into the stage container.")

@@ -142,6 +142,9 @@ def stage_schema() -> Schema:
         owners = _types_with(lambda _n, i, limit=limit: i.max_gpus == limit)
         rules.append({"rule": f"!(self.type in {_cel_list(owners)}) || !has(self.resources) || !has(self.resources.gpus) || self.resources.gpus <= {limit}",
                       "message": f"resources.gpus: stage types {', '.join(owners)} train on at most {limit} GPU per run for now"})
+    for name, info in STAGE_TYPES.items():
+        for rule, message in info.rules:
+            rules.append({"rule": f"self.type != '{name}' || ({rule})", "message": f"{name} stage: {message}"})
     rules.append({"rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes <= 1",
                   "message": "resources.nodes: multi-node runs are not supported yet; set nodes: 1"})
     return {"type": "object", "required": required, "properties": dict(sorted(properties.items())),

@@ -10,8 +10,9 @@ from pydantic import Field
 from alignops.api.base import ApiModel
 
 
-class OptimizerSettings(ApiModel):
-    """Optimiser, schedule and batch shape: every trained stage has these."""
+class OptimizerCore(ApiModel):
+    """Optimiser, schedule, micro-batch, seed and precision: every trained stage has these (the
+    ``rl`` stage has only these; its rounds, not epochs or steps, decide how long it trains)."""
 
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW decoupled weight decay.")
@@ -21,23 +22,33 @@ class OptimizerSettings(ApiModel):
     )
     max_grad_norm: float = Field(1.0, gt=0, le=1000, description="Gradient clipping by global norm.")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step.")
-    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training set (ignored when maxSteps is set).")
-    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimiser steps; overrides epochs.")
-    max_length: int = Field(64, ge=8, le=131072, description="Longest tokenised example; longer ones are truncated.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of data order, dropout and sampling.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast on GPUs that support it when auto; fp32 on the CPU."
     )
 
 
-class CheckpointSettings(ApiModel):
+class OptimizerSettings(OptimizerCore):
+    """Optimiser, schedule and batch shape of the stages that pass over a dataset."""
+
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training set (ignored when maxSteps is set).")
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimiser steps; overrides epochs.")
+    max_length: int = Field(64, ge=8, le=131072, description="Longest tokenised example; longer ones are truncated.")
+
+
+class RetentionSettings(ApiModel):
+    """How many checkpoints to keep and how many held-out examples to evaluate."""
+
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Committed checkpoints kept per stage; older ones are deleted (the final one always stays).")
+    eval_size: int = Field(200, ge=1, le=100_000, description="Held-out examples evaluated before and after training.")
+
+
+class CheckpointSettings(RetentionSettings):
     """When to commit checkpoints and how many to keep."""
 
     checkpoint_every: int = Field(50, ge=1, le=1_000_000, description="Commit a checkpoint every this many optimiser steps (and at the end).")
-    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Committed checkpoints kept per stage; older ones are deleted (the final one always stays).")
     log_every: int = Field(5, ge=1, le=100_000, description="Log metrics every this many optimiser steps.")
-    eval_size: int = Field(200, ge=1, le=100_000, description="Held-out examples evaluated before and after training.")
 
 
 class SftHyperparameters(OptimizerSettings, CheckpointSettings):
@@ -48,3 +59,42 @@ class SftHyperparameters(OptimizerSettings, CheckpointSettings):
         max_length=64,
         description="OpenChat C-RLFT: loss weight per data source (the record's `source` field); sources also get a condition token.",
     )
+
+
+class RewardHyperparameters(OptimizerSettings, CheckpointSettings):
+    """Reward model: a scalar head on the last non-pad token, trained on comparisons."""
+
+    reward_margin: float = Field(
+        0.0, ge=0, le=100,
+        description="Bradley-Terry margin m in -log sigmoid(r_c - r_r - m) (Llama 2); a pair's own `margin` field wins.",
+    )
+
+
+class PreferenceLossSettings(ApiModel):
+    """Options of the offline preference losses (alignops.algos.PREFERENCE_LOSSES); each loss reads
+    only its own. Shared by every stage type that optimises a preference loss."""
+
+    beta: float = Field(
+        0.1, gt=0, le=100,
+        description="Inverse temperature of the implicit reward (dpo, cdpo, ipo, simpo, kto); SimPO's paper uses about 2.",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="cDPO: assumed probability that a preference label is flipped (cdpo only)."
+    )
+    ipo_length_normalize: bool = Field(
+        False, description="IPO on per-token average log-probs (TRL's behaviour) instead of sums (the paper's)."
+    )
+    simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO: target reward margin gamma.")
+    orpo_lambda: float = Field(0.1, ge=0, le=100, description="ORPO: weight of the odds-ratio term beside the SFT term.")
+    kto_desirable_weight: float = Field(1.0, ge=0, le=100, description="KTO: weight lambda_D of desirable examples.")
+    kto_undesirable_weight: float = Field(1.0, ge=0, le=100, description="KTO: weight lambda_U of undesirable examples.")
+
+
+class PreferenceHyperparameters(OptimizerSettings, CheckpointSettings, PreferenceLossSettings):
+    """Offline preference optimisation against a frozen reference (DPO and its neighbours)."""
+
+
+class RankHyperparameters(OptimizerSettings, CheckpointSettings):
+    """RRHF: hinge ranking loss on length-normalised log-probs plus SFT on the best response."""
+
+    rank_weight: float = Field(1.0, ge=0, le=100, description="Weight of the ranking term beside the SFT term on the best response.")

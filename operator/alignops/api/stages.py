@@ -6,11 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignops.api.base import DNS_1035_LABEL, ApiModel
 from alignops.api.common import Datasets, Resources, StageRef
-from alignops.api.hyperparameters import SftHyperparameters
+from alignops.api.hyperparameters import (
+    PreferenceHyperparameters,
+    RankHyperparameters,
+    RewardHyperparameters,
+    SftHyperparameters,
+)
+from alignops.api.rl import GROUP_ALGORITHMS, RL_ALGORITHMS, RlHyperparameters
 
 # What a stage leaves behind, so references can be checked for the right kind.
 Produces = Literal["policy", "rewardModel", "dataset"]
@@ -40,6 +46,76 @@ class SftStage(StageBase):
     hyperparameters: SftHyperparameters = Field(default_factory=SftHyperparameters, description="Training settings.")
 
 
+class RewardStage(StageBase):
+    """A reward model: Hugging Face ``AutoModelForSequenceClassification`` (num_labels=1, score on the
+    last non-pad token) initialised from a policy checkpoint or the base model, trained on pairwise
+    (`pairs`) or K-wise (`rankings`) comparisons."""
+
+    type: Literal["reward"] = Field(..., description="Stage type.")
+    algorithm: Literal["bradley_terry", "plackett_luce"] | None = Field(
+        None,
+        description="Loss: bradley_terry (pairs; a ranking counts as all its pairs) or plackett_luce (K-wise; a pair is K=2). "
+        "Default: plackett_luce for `rankings` data, bradley_terry otherwise.",
+    )
+    policy: StageRef | None = Field(None, description="Checkpoint whose transformer the reward model starts from; defaults to spec.model.")
+    hyperparameters: RewardHyperparameters = Field(default_factory=RewardHyperparameters, description="Training settings.")
+
+
+class PreferenceStage(StageBase):
+    """Offline preference optimisation (DPO, cDPO, IPO, SimPO, ORPO on `pairs`; KTO on `unpaired`)
+    against a frozen reference."""
+
+    type: Literal["preference"] = Field(..., description="Stage type.")
+    algorithm: Literal["dpo", "cdpo", "ipo", "simpo", "orpo", "kto"] = Field(
+        "dpo", description="Preference loss: dpo, cdpo, ipo, simpo, orpo or kto."
+    )
+    policy: StageRef | None = Field(None, description="Model to optimise; defaults to spec.model.")
+    reference: StageRef | None = Field(
+        None, description="Frozen reference model; defaults to the policy's starting checkpoint (unused by simpo and orpo except for the KL metric)."
+    )
+    hyperparameters: PreferenceHyperparameters = Field(default_factory=PreferenceHyperparameters, description="Training settings.")
+
+
+class RankStage(StageBase):
+    """Ranking-based alignment (RRHF) over K responses per prompt (`rankings`, optional `scores`)."""
+
+    type: Literal["rank"] = Field(..., description="Stage type.")
+    algorithm: Literal["rrhf"] = Field("rrhf", description="Ranking loss: rrhf.")
+    policy: StageRef | None = Field(None, description="Model to fine-tune; defaults to spec.model.")
+    hyperparameters: RankHyperparameters = Field(default_factory=RankHyperparameters, description="Training settings.")
+
+
+class RlStage(StageBase):
+    """Online RL in rounds (generate -> score -> advantages -> update -> commit) on `prompts` records
+    (``prompt``, and ``answer`` for the verifiers): PPO with a critic, GRPO, Dr. GRPO, RLOO,
+    REINFORCE++ (with or without a group baseline) and ReMax."""
+
+    type: Literal["rl"] = Field(..., description="Stage type.")
+    algorithm: Literal[RL_ALGORITHMS] = Field(  # type: ignore[valid-type]
+        "grpo",
+        description="Advantage estimator: ppo (GAE with a critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline or remax "
+        "(baseline: the reward of the greedy response).",
+    )
+    policy: StageRef | None = Field(None, description="Model to optimise; defaults to spec.model.")
+    reference: StageRef | None = Field(None, description="Frozen reference of the KL penalty; defaults to the policy's starting checkpoint.")
+    reward_model: StageRef | None = Field(
+        None, description="A `reward` stage's model (or a sequence-classifier checkpoint URI) for the reward_model reward function.",
+    )
+    hyperparameters: RlHyperparameters = Field(default_factory=RlHyperparameters, description="Rollout, reward and update settings.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RlStage":
+        hp = self.hyperparameters
+        if self.algorithm in GROUP_ALGORITHMS and hp.samples_per_prompt < 2:
+            raise ValueError(f"algorithm {self.algorithm} compares the responses to one prompt: set hyperparameters.samplesPerPrompt >= 2")
+        names = {term.name for term in hp.rewards or []}
+        if "reward_model" in names and self.reward_model is None:
+            raise ValueError("reward reward_model needs the rewardModel input (e.g. rewardModel: {fromStage: <a reward stage>})")
+        if self.reward_model is not None and hp.rewards is not None and "reward_model" not in names:
+            raise ValueError("rewardModel is given but no reward in hyperparameters.rewards uses it; add {name: reward_model}")
+        return self
+
+
 @dataclass(frozen=True)
 class StageType:
     model: type[StageBase]
@@ -51,10 +127,37 @@ class StageType:
     # which dataset format the stage reads, for generators and sniffing
     dataset_format: str = "sft"
     max_gpus: int = 1
+    # (CEL rule on the stage object, message): within-stage checks the CRD makes for this type only
+    rules: tuple[tuple[str, str], ...] = ()
 
 
 STAGE_TYPES: dict[str, StageType] = {
     "sft": StageType(model=SftStage, produces="policy", inputs={"policy": ("policy",)}, dataset_format="sft"),
+    # reward: no default algorithm; the workload picks by the data (plackett_luce for rankings)
+    "reward": StageType(model=RewardStage, produces="rewardModel", inputs={"policy": ("policy",)},
+                        algorithms=("bradley_terry", "plackett_luce"), dataset_format="pairs"),
+    # preference: kto reads `unpaired` by default (the workload picks the format per algorithm)
+    "preference": StageType(model=PreferenceStage, produces="policy", inputs={"policy": ("policy",), "reference": ("policy",)},
+                            algorithms=("dpo", "cdpo", "ipo", "simpo", "orpo", "kto"), default_algorithm="dpo",
+                            dataset_format="pairs"),
+    "rank": StageType(model=RankStage, produces="policy", inputs={"policy": ("policy",)},
+                      algorithms=("rrhf",), default_algorithm="rrhf", dataset_format="rankings"),
+    "rl": StageType(
+        model=RlStage, produces="policy",
+        inputs={"policy": ("policy",), "reference": ("policy",), "reward_model": ("rewardModel",)},
+        algorithms=RL_ALGORITHMS, default_algorithm="grpo", dataset_format="prompts",
+        rules=(
+            ("!has(self.hyperparameters) || !has(self.hyperparameters.samplesPerPrompt) || self.hyperparameters.samplesPerPrompt >= 2"
+             " || (has(self.algorithm) && !(self.algorithm in [" + ", ".join(f"'{a}'" for a in GROUP_ALGORITHMS) + "]))",
+             "hyperparameters.samplesPerPrompt must be >= 2 for the group algorithms (" + ", ".join(GROUP_ALGORITHMS) + ")"),
+            ("!has(self.hyperparameters) || !has(self.hyperparameters.rewards) || !self.hyperparameters.rewards.exists(r, r.name == 'reward_model')"
+             " || has(self.rewardModel)",
+             "the reward_model reward needs the rewardModel input"),
+            ("!has(self.rewardModel) || !has(self.hyperparameters) || !has(self.hyperparameters.rewards)"
+             " || self.hyperparameters.rewards.exists(r, r.name == 'reward_model')",
+             "rewardModel is given but no reward in hyperparameters.rewards uses it"),
+        ),
+    ),
 }
 
-Stage = Annotated[Union[SftStage], Field(discriminator="type")]
+Stage = Annotated[Union[tuple(t.model for t in STAGE_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from alignops.api.base import ApiModel
 
@@ -44,9 +44,18 @@ class StageStatus(StatusModel):
     message: str | None = Field(None, max_length=4096, description="Why the last attempt ended as it did.")
     reason: str | None = Field(None, max_length=128, description="CamelCase reason of the last attempt's end, e.g. Completed, OOMKilled, Error.")
     retry_after: str | None = Field(None, max_length=64, description="Earliest start of the next attempt after a failure (RFC 3339; exponential backoff).")
+    round: int | None = Field(None, ge=1, description="rl stages with placement split: the round of the current (or next) run, from 1.")
+    role: Literal["rollout", "train"] | None = Field(
+        None, description="rl stages with placement split: the current (or next) run's role; rounds go rollout, train, rollout, ...",
+    )
     metrics: dict[str, float] = Field(
         default_factory=dict, max_length=64,
         description="Summary numbers: final loss, accuracyBefore/After, rewardFirst/Last, ...",
+    )
+    spec_fingerprint: dict[str, Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=dict, max_length=4,
+        description="Hashes of spec.model, spec.storage and the stage's own training fields when its first attempt started "
+        "(cluster only): a later change to them is refused with reason SpecChangeRefused.",
     )
 
 
@@ -61,6 +70,9 @@ class JobStatus(StatusModel):
     )
     start_time: str | None = Field(None, max_length=64, description="When the first stage started (RFC 3339).")
     completion_time: str | None = Field(None, max_length=64, description="When the job succeeded or failed (RFC 3339).")
+    retry_token: str | None = Field(
+        None, max_length=253, description="The value of the alignops.io/retry annotation last acted on (a new value retries a Failed job)."
+    )
     conditions: list[Condition] = Field(default_factory=list, max_length=8, description="Progressing, Suspended, Succeeded, Failed.")
     stages: list[StageStatus] = Field(default_factory=list, max_length=32, description="One entry per stage, in spec order.")
 

@@ -105,5 +105,29 @@ def plot(
     console.print(f"wrote {path}")
 
 
+@app.command()
+def operator(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Namespace to watch (repeat); default: ALIGNOPS_NAMESPACES, else all."),
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace."),
+    standalone: bool = typer.Option(None, "--standalone/--peering", help="Run without kopf peering (one replica)."),
+    metrics_port: int = typer.Option(None, "--metrics-port", help="Port of /metrics (0: off); default ALIGNOPS_METRICS_PORT or 8080."),
+    health_port: int = typer.Option(None, "--health-port", help="Port of /healthz (0: off); default ALIGNOPS_HEALTH_PORT or 8081."),
+    verbose: bool = typer.Option(None, "--verbose/--quiet", help="Debug logging."),
+) -> None:
+    """Run the Kubernetes operator (settings: ALIGNOPS_* environment variables, see OperatorSettings)."""
+    from alignops.operator.main import run_operator
+    from alignops.operator.settings import OperatorSettings
+
+    overrides: dict = {}
+    if namespace:
+        overrides["namespaces"] = ",".join(namespace)
+    if all_namespaces:
+        overrides["namespaces"] = ""
+    for key, value in (("standalone", standalone), ("metrics_port", metrics_port), ("health_port", health_port), ("verbose", verbose)):
+        if value is not None:
+            overrides[key] = value
+    run_operator(OperatorSettings(**overrides))
+
+
 if __name__ == "__main__":
     app()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from alignops.api.common import QUANTITY_PATTERN
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALIGNOPS_", extra="ignore")
@@ -20,8 +22,31 @@ class OperatorSettings(BaseSettings):
     stage_service_account: str | None = Field(None, description="ServiceAccount of stage pods (IRSA / Workload Identity).")
     metrics_port: int = Field(8080, description="Port of the operator's /metrics.")
     health_port: int = Field(8081, description="Port of the operator's /healthz (liveness and readiness).")
-    stage_metrics_port: int = Field(9090, description="Port of each stage pod's /metrics and /progress.")
-    failed_jobs_kept: int = Field(3, description="Failed attempts' Jobs kept per stage so `kubectl logs` still works.")
+    stage_metrics_port: int = Field(
+        9090, ge=0, le=65535,
+        description="Port of each stage pod's /metrics and /progress; 0 turns both off (and with them stall detection).",
+    )
+    failed_jobs_kept: int = Field(3, ge=0, description="Failed attempts' Jobs kept per stage so `kubectl logs` still works.")
+    # -- added by the operator issue ------------------------------------------------------------------
+    stage_grace_seconds: int = Field(
+        120, ge=1, le=3600,
+        description="terminationGracePeriodSeconds of stage pods: time a stopped stage has to commit its checkpoint.",
+    )
+    default_cpu: str = Field("2", pattern=QUANTITY_PATTERN, description="CPU request and limit of stages that set none.")
+    default_memory: str = Field("8Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit of stages that set none.")
+    shm_size: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Size limit of the memory-backed /dev/shm of stage pods.")
+    scratch_size: str | None = Field(
+        None, pattern=QUANTITY_PATTERN, description="Size limit of the writable scratch volume (checkpoints are staged there); none: unlimited."
+    )
+    resync_seconds: float = Field(30.0, gt=0, description="Every job is reconciled at least this often, events or not.")
+    progress_poll_seconds: float = Field(
+        30.0, gt=0, description="How often a running stage with progressDeadlineSeconds has its /progress polled."
+    )
+    api_workers: int = Field(16, ge=1, le=256, description="Threads making Kubernetes API calls.")
+    standalone: bool | None = Field(
+        None, description="true: run without kopf peering (one replica); false: require peering; unset: peering if its CRD exists."
+    )
+    verbose: bool = Field(False, description="Debug logging.")
 
     @property
     def namespace_list(self) -> list[str]:

@@ -27,6 +27,10 @@ RESULT_LIMIT = 4096
 # stage type -> module with ``run(ctx) -> StageResult``; imported only when that stage runs
 STAGE_MODULES = {
     "sft": "alignops.workloads.sft",
+    "reward": "alignops.workloads.reward",
+    "preference": "alignops.workloads.preference",
+    "rank": "alignops.workloads.rank",
+    "rl": "alignops.workloads.rl",
 }
 
 

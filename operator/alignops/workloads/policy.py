@@ -26,14 +26,23 @@ def input_checkpoint(ctx: RunContext, uri: str | None) -> Path | None:
     return ctx.open_uri(uri) if uri else None
 
 
-def starting_policy(ctx: RunContext, loader=load_causal_lm) -> Starting:
-    resume = ctx.latest()
+def initial_model(ctx: RunContext, uri: str | None, loader=load_causal_lm, builder=build_model) -> Starting:
+    """The model before any checkpoint of this stage: the checkpoint at ``uri``, else the base model
+    (loaded from its URI, or built by ``builder(architecture, tokenizer)``). Also how a stage loads a
+    frozen reference, which must not follow the stage's own resumed checkpoints."""
     device = pick_device()
-    if resume is not None:
-        directory = ctx.checkpoint_dir(resume)
-        return Starting(loader(directory).to(device), load_tokenizer(directory), resume, directory)
-    directory = input_checkpoint(ctx, ctx.config.inputs.policy)
+    directory = input_checkpoint(ctx, uri)
     if directory is not None:
         return Starting(loader(directory).to(device), load_tokenizer(directory), None, directory)
     tokenizer = build_tokenizer()
-    return Starting(build_model(ctx.config.base_model.architecture, tokenizer).to(device), tokenizer, None, None)
+    return Starting(builder(ctx.config.base_model.architecture, tokenizer).to(device), tokenizer, None, None)
+
+
+def starting_policy(ctx: RunContext, loader=load_causal_lm, builder=build_model) -> Starting:
+    """The stage's own last committed checkpoint (resume), else ``initial_model`` of its policy input.
+    ``loader``/``builder`` give other model classes (the reward stage's sequence classifier)."""
+    resume = ctx.latest()
+    if resume is not None:
+        directory = ctx.checkpoint_dir(resume)
+        return Starting(loader(directory).to(pick_device()), load_tokenizer(directory), resume, directory)
+    return initial_model(ctx, ctx.config.inputs.policy, loader, builder)

@@ -66,6 +66,10 @@ class DataOrder:
         start = (step * self.accumulation + micro) * self.batch_size
         return [self._epoch((start + i) // self.size)[(start + i) % self.size] for i in range(self.batch_size)]
 
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The example indices in the order ``epoch`` reads them (a copy)."""
+        return list(self._epoch(epoch))
+
     def steps_per_epoch(self) -> int:
         return max(1, self.size // (self.batch_size * self.accumulation))
 
@@ -81,7 +85,8 @@ class TrainLoop:
                  save_extra: Callable[[Path], None], round_: int | None = None,
                  parameters: list[torch.nn.Parameter] | None = None, total_steps: int | None = None):
         self.ctx, self.model, self.hp, self.loss_fn, self.save_extra, self.round = ctx, model, hp, loss_fn, save_extra, round_
-        self.order = DataOrder(dataset_size, hp.batch_size, hp.gradient_accumulation_steps, hp.seed)
+        # stages without a dataset pass (rl) have no gradient accumulation setting and pass total_steps
+        self.order = DataOrder(dataset_size, hp.batch_size, getattr(hp, "gradient_accumulation_steps", 1), hp.seed)
         self.total_steps = total_steps or hp.max_steps or hp.epochs * self.order.steps_per_epoch()
         params = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)

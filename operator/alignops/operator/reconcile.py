@@ -1,0 +1,554 @@
+"""The operator's one domain function: ``reconcile(job_obj, observed, settings, now)``.
+
+Level-based and pure: from an AlignmentJob (spec, status, annotations) and what exists of its
+children (Jobs and Pods found by label, plus what the executor knows of its own recent writes), it
+returns the new status and the actions that bring the cluster to it. The shared planner decides
+stage order, retries and config resolution (``next_action``, ``mark_started``, ``record_outcome``,
+``resolve_run``); this module only maps Kubernetes objects to the planner's inputs and back.
+
+Protocol with the executor (``alignops.operator.executor``): the status is written first, with the
+object's resourceVersion as a precondition, and the actions run only if that write succeeded. A
+stage run's attempt number is therefore durable before its Job exists, and child names are
+deterministic: an operator restarted at any moment recreates a missing Job under the same name (a
+second create answers 409) and never starts a second one. A reconcile that worked on a stale copy
+of the object fails its precondition and is repeated on a fresh copy.
+
+A run's outcome is recorded once: a stage run is *current* while its stage is Running and the
+stage's ``jobName`` is the name the planner's position (attempt, round, role) gives; recording the
+outcome moves that position (or the phase), so the finished Job no longer counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Mapping
+
+from pydantic import ValidationError
+
+from alignops.api.job import AlignmentJob
+from alignops.api.status import JobStatus, StageStatus
+from alignops.api.validation import FieldError, InvalidManifest, parse_job
+from alignops.operator.admission import cluster_errors, refused_changes, spec_fingerprint
+from alignops.operator.builders import build_run_configmap, build_stage_job
+from alignops.operator.names import KUEUE_QUEUE_LABEL, RETRY_ANNOTATION, child_name
+from alignops.operator.observe import JobView, PodView, pod_outcome, pod_problem, seconds_between
+from alignops.operator.settings import OperatorSettings
+from alignops.planner import (
+    EXIT_CONFIG,
+    Defaults,
+    Finished,
+    RunOutcome,
+    StartRun,
+    Wait,
+    initial_status,
+    mark_started,
+    next_action,
+    parse_time,
+    reconcile_stage_list,
+    record_outcome,
+    resolve_run,
+    retry_failed,
+    rfc3339,
+    set_condition,
+)
+
+Obj = dict[str, Any]
+FINAL = ("Succeeded", "Failed")
+# Progressing=False reasons that get a Warning event when they appear
+PROBLEMS = frozenset({"Unschedulable", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                      "CreateContainerError", "RunContainerError", "CreateFailed", "SpecChangeRefused", "InvalidSpec"})
+CREATE_RETRY_SECONDS = 10.0
+POD_STATUS_WAIT_SECONDS = 2.0
+PREVIOUS_RUN_WAIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running pod's progress as its ``/progress`` endpoint reported it."""
+
+    step: int | None
+    stale_seconds: float  # the pod's now - lastProgressTime: no clock sync needed
+
+
+@dataclass(frozen=True)
+class CreateError:
+    """Why the executor could not create a run's Job. ``permanent``: the API server refused the
+    object itself (400/422: it can never be created as built), not a passing condition."""
+
+    message: str
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The children of one AlignmentJob as the operator sees them."""
+
+    jobs: tuple[JobView, ...] = ()
+    pods: tuple[PodView, ...] = ()
+    progress: Mapping[str, Progress] = field(default_factory=dict)  # by pod name
+    create_errors: Mapping[str, CreateError] = field(default_factory=dict)  # by child name: the last create error
+
+
+@dataclass(frozen=True)
+class CreateRun:
+    name: str
+    stage: str
+    configmap: Obj
+    job: Obj
+
+
+@dataclass(frozen=True)
+class DeleteRun:
+    """Delete a stage run's Job (propagationPolicy Background: its pod gets SIGTERM and its grace
+    period to commit a checkpoint) and its ConfigMap."""
+
+    name: str
+    stage: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeleteAlignmentJob:
+    reason: str
+
+
+Action = CreateRun | DeleteRun | DeleteAlignmentJob
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A metrics sample for the executor: ``attempt`` and ``failure`` count, ``duration`` and
+    ``first_pod`` are seconds."""
+
+    kind: Literal["attempt", "failure", "duration", "first_pod"]
+    stage: str
+    value: float = 1.0
+    reason: str | None = None
+
+
+@dataclass
+class Reconciliation:
+    status: Obj | None = None  # the new status (wire form) when it differs from the object's
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    requeue_after: float | None = None
+    phase: str | None = None
+
+    def wake_in(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+def _parse_status(wire: Mapping[str, Any] | None) -> JobStatus:
+    if not wire:
+        return JobStatus()
+    try:
+        return JobStatus.model_validate(dict(wire))
+    except ValidationError:
+        known = set(JobStatus.model_fields) | {f.alias for f in JobStatus.model_fields.values() if f.alias}
+        try:  # fields written by something else (an older operator, kopf): keep what we can read
+            return JobStatus.model_validate({k: v for k, v in wire.items() if k in known})
+        except ValidationError:
+            return JobStatus()
+
+
+def _manifest(job_obj: Mapping[str, Any]) -> Obj:
+    meta = dict(job_obj.get("metadata") or {})
+    keep = {k: meta[k] for k in ("name", "namespace", "labels", "annotations", "generation", "uid") if k in meta}
+    return {"apiVersion": job_obj.get("apiVersion"), "kind": job_obj.get("kind"), "metadata": keep, "spec": job_obj.get("spec")}
+
+
+def _defaults(job: AlignmentJob, settings: OperatorSettings) -> Defaults:
+    return Defaults(storage_uri=settings.default_storage_uri or "", namespace=job.metadata.namespace or "default",
+                    storage_endpoint=settings.default_storage_endpoint)
+
+
+def expected_run_name(job_name: str, observed: StageStatus) -> str:
+    """The child name of the stage's current (or last started) run, from its planner position."""
+    return child_name(job_name, observed.name, observed.attempts, observed.round, observed.role or "all")
+
+
+def is_current(job_name: str, observed: StageStatus) -> bool:
+    """The stage has a run whose outcome is not recorded yet."""
+    return observed.phase == "Running" and observed.attempts > 0 and observed.job_name == expected_run_name(job_name, observed)
+
+
+def _run_label(observed: StageStatus) -> str:
+    text = f"stage {observed.name} attempt {observed.attempts}"
+    if observed.round is not None:
+        text += f" (round {observed.round} {observed.role})"
+    return text
+
+
+def _failed_condition_reason(status: JobStatus) -> str | None:
+    cond = status.condition("Failed")
+    return cond.reason if cond is not None and cond.status == "True" else None
+
+
+# -- the reconcile -------------------------------------------------------------------------------------
+
+def reconcile(job_obj: Mapping[str, Any], observed: Observed, settings: OperatorSettings, now: datetime) -> Reconciliation:
+    """The new status of ``job_obj`` and the actions that realise it (see the module docstring)."""
+    meta = job_obj.get("metadata") or {}
+    result = Reconciliation()
+    if meta.get("deletionTimestamp"):
+        return result  # owner references let the garbage collector delete the children
+    old_wire = dict(job_obj.get("status") or {})
+    old = _parse_status(old_wire)
+    generation = meta.get("generation")
+    try:
+        job = parse_job(_manifest(job_obj))
+        errors = cluster_errors(job, settings)
+        if errors:
+            raise InvalidManifest(errors)
+    except InvalidManifest as exc:
+        status = _invalid(old, exc.errors, generation, now)
+        ttl = (job_obj.get("spec") or {}).get("ttlSecondsAfterFinished") if isinstance(job_obj.get("spec"), dict) else None
+        if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0:
+            _expire(ttl, status, now, result)
+    else:
+        status = _reconcile_valid(job, old, observed, settings, now, result)
+    _finish(old, old_wire, status, result)
+    return result
+
+
+def _invalid(old: JobStatus, errors: list[FieldError], generation: int | None, now: datetime) -> JobStatus:
+    """InvalidSpec: a job that never started fails (a later valid spec revives it); a started job
+    keeps its state and refuses the new spec."""
+    status = old.model_copy(deep=True)
+    message = "; ".join(str(e) for e in errors) or "the manifest is invalid"
+    started = any(s.attempts > 0 for s in status.stages)
+    if status.phase in FINAL and _failed_condition_reason(status) != "InvalidSpec":
+        return status
+    if started and status.phase not in FINAL:
+        set_condition(status, "Progressing", False, "InvalidSpec", f"the new spec was not applied: {message}", now, generation)
+        return status
+    status.phase = "Failed"
+    status.completion_time = status.completion_time or rfc3339(now)
+    status.observed_generation = generation
+    set_condition(status, "Failed", True, "InvalidSpec", message, now, generation)
+    set_condition(status, "Progressing", False, "InvalidSpec", message, now, generation)
+    return status
+
+
+def _reconcile_valid(job: AlignmentJob, old: JobStatus, observed: Observed, settings: OperatorSettings,
+                     now: datetime, result: Reconciliation) -> JobStatus:
+    generation = job.metadata.generation
+    status = old.model_copy(deep=True)
+    if not status.stages:
+        status.stages = initial_status(job).stages
+    if status.phase == "Failed" and _failed_condition_reason(status) == "InvalidSpec":
+        # the spec was fixed: start over from what had run (nothing, for a job that never started)
+        status.phase = "Running" if any(s.attempts for s in status.stages) else "Pending"
+        status.completion_time = None
+        status.conditions = [c for c in status.conditions if c.type != "Failed"]
+        set_condition(status, "Progressing", True, "SpecAccepted", "the corrected spec was accepted", now, generation)
+
+    token = (job.metadata.annotations or {}).get(RETRY_ANNOTATION)
+    if token is not None and token != status.retry_token:
+        status.retry_token = token
+        if status.phase == "Failed":
+            status = retry_failed(status)
+            set_condition(status, "Progressing", True, "RetryRequested",
+                          f"{RETRY_ANNOTATION}={token}: the failed stage runs again from its last checkpoint", now, generation)
+            result.events.append(Event("Normal", "RetryRequested", f"annotation {RETRY_ANNOTATION}={token!r}: retrying the failed stage"))
+
+    jobs = {j.name: j for j in observed.jobs}
+    if status.phase in FINAL:
+        _cleanup(job, status, observed, settings, result)
+        _expire(job.spec.ttl_seconds_after_finished, status, now, result)
+        return status
+
+    problems = refused_changes(job, status)
+    if not problems:
+        status = reconcile_stage_list(job, status)
+        status.observed_generation = generation
+
+    for observed_stage in list(status.stages):
+        if job.stage(observed_stage.name) is not None and is_current(job.name, observed_stage):
+            status = _observe_run(job, status, observed_stage.name, jobs, observed, settings, now, result)
+
+    if job.spec.suspend:
+        _suspend(job, status, now, result)
+    elif not problems and not any(is_current(job.name, s) for s in status.stages):
+        status = _start_next(job, status, jobs, observed, settings, now, result)
+    if problems and status.phase not in FINAL:
+        # shown over the running stage's progress: the user has to act
+        set_condition(status, "Progressing", False, "SpecChangeRefused",
+                      "; ".join(problems) + "; revert the change, or create a new AlignmentJob", now, generation)
+
+    _cleanup(job, status, observed, settings, result)
+    _expire(job.spec.ttl_seconds_after_finished, status, now, result)
+    return status
+
+
+def _observe_run(job: AlignmentJob, status: JobStatus, stage_name: str, jobs: dict[str, JobView], observed: Observed,
+                 settings: OperatorSettings, now: datetime, result: Reconciliation) -> JobStatus:
+    """Read the current run of a stage back: record its outcome once it ended, or show where it is."""
+    generation = job.metadata.generation
+    stage = job.stage(stage_name)
+    current = status.stage(stage_name)
+    name = current.job_name
+    label = _run_label(current)
+    child = jobs.get(name)
+    pods = sorted((p for p in observed.pods if p.job == name), key=lambda p: (p.created or "", p.name))
+    pod = pods[-1] if pods else None
+
+    if child is None:
+        if pod is not None and pod.finished:
+            outcome = pod_outcome(pod)  # the Job was deleted by someone, its pod's result is still here
+        elif pod is not None:
+            return status  # the Job is gone and its pod is stopping: wait for it
+        else:
+            # missing (deleted, or the operator stopped between writing the status and creating
+            # it): create it again under the same name and attempt
+            error = observed.create_errors.get(name)
+            if error is not None and error.permanent:
+                outcome = RunOutcome(exit_code=EXIT_CONFIG, reason="JobRejected",
+                                     message=f"the API server refused Job {name}: {error.message}")
+                return record_outcome(job, status, stage_name, outcome, now)
+            config = resolve_run(job, status, stage_name, current.attempts, _defaults(job, settings),
+                                 current.role or "all", current.round)
+            result.actions.append(CreateRun(name, stage_name, build_run_configmap(job, config, name),
+                                            build_stage_job(job, config, settings, name)))
+            if error is not None:
+                set_condition(status, "Progressing", False, "CreateFailed", f"{label}: cannot create Job {name}: {error.message}",
+                              now, generation)
+                result.wake_in(CREATE_RETRY_SECONDS)
+            return status
+    elif child.deleting:
+        return status
+    elif child.failed and child.failed_reason == "DeadlineExceeded":
+        # the Job controller stopped the pod (it may even have exited 143 after a checkpoint)
+        outcome = RunOutcome(exit_code=1, reason="DeadlineExceeded",
+                             message=f"{label} ran longer than activeDeadlineSeconds ({stage.active_deadline_seconds} s)")
+    elif pod is not None and pod.finished:
+        outcome = pod_outcome(pod)
+    elif child.finished and pod is None:
+        reason = "ResultLost" if child.complete else (child.failed_reason or "Error")
+        outcome = RunOutcome(exit_code=1, reason=reason,
+                             message=child.failed_message or f"Job {name} finished but its pod, and with it the result, is gone")
+    elif child.finished:
+        result.wake_in(POD_STATUS_WAIT_SECONDS)  # the pod's final status is on its way
+        return status
+    else:
+        _show_progress(job, status, current, child, pod, observed, settings, now, result)
+        stalled = _stalled(stage, pod, observed, settings, result)
+        if stalled is None:
+            return status
+        result.actions.append(DeleteRun(name, stage_name, "Stalled"))
+        outcome = RunOutcome(exit_code=1, reason="Stalled", message=f"{label}: {stalled}")
+    return record_outcome(job, status, stage_name, outcome, now)
+
+
+def _show_progress(job: AlignmentJob, status: JobStatus, current: StageStatus, child: JobView, pod: PodView | None,
+                   observed: Observed, settings: OperatorSettings, now: datetime, result: Reconciliation) -> None:
+    generation = job.metadata.generation
+    label = _run_label(current)
+    if pod is None and child.suspended:
+        queue = (job.metadata.labels or {}).get(KUEUE_QUEUE_LABEL)
+        detail = f"waits for admission by Kueue (queue {queue})" if queue else "is suspended"
+        set_condition(status, "Progressing", True, "Queued", f"{label}: Job {child.name} {detail}", now, generation)
+        return
+    if pod is None or pod.phase == "Pending":
+        problem = pod_problem(pod) if pod is not None else None
+        if problem is not None:
+            set_condition(status, "Progressing", False, problem[0], f"{label}: {problem[1]}", now, generation)
+        else:
+            set_condition(status, "Progressing", True, "StageStarting", f"{label}: starting (Job {child.name})", now, generation)
+        return
+    message = f"{label} running (pod {pod.name})"
+    before = status.condition("Progressing")
+    if before is None or before.reason != "StageRunning" or before.message != message:
+        waited = seconds_between(child.created, pod.running_since)
+        if waited is not None:
+            result.observations.append(Observation("first_pod", current.name, waited))
+    set_condition(status, "Progressing", True, "StageRunning", message, now, generation)
+
+
+def _stalled(stage, pod: PodView | None, observed: Observed, settings: OperatorSettings, result: Reconciliation) -> str | None:
+    """Why a running pod counts as stalled, or None. Progress comes from the pod's ``/progress``
+    (polled by the executor): no step (and no start) for ``progressDeadlineSeconds``."""
+    deadline = stage.progress_deadline_seconds
+    if not deadline or not settings.stage_metrics_port or pod is None or pod.phase != "Running":
+        return None
+    result.wake_in(min(settings.progress_poll_seconds, deadline / 2))
+    progress = observed.progress.get(pod.name)
+    if progress is None or progress.stale_seconds < deadline:
+        return None
+    where = f"last step {progress.step}" if progress.step is not None else "no step yet"
+    return (f"no progress for {progress.stale_seconds:.0f} s ({where}; progressDeadlineSeconds {deadline}): "
+            "stopped and restarted from the last checkpoint")
+
+
+def _suspend(job: AlignmentJob, status: JobStatus, now: datetime, result: Reconciliation) -> None:
+    generation = job.metadata.generation
+    for observed_stage in status.stages:
+        if observed_stage.phase != "Running":
+            continue
+        if is_current(job.name, observed_stage):
+            result.actions.append(DeleteRun(observed_stage.job_name, observed_stage.name, "Suspended"))
+        observed_stage.phase = "Suspended"
+        observed_stage.reason = "Suspended"
+        observed_stage.message = "stopped by spec.suspend: the run commits a checkpoint on SIGTERM and the next one resumes from it"
+    status.phase = "Suspended"
+    set_condition(status, "Suspended", True, "SuspendRequested", "spec.suspend is true: no stage runs until it is false", now, generation)
+    set_condition(status, "Progressing", False, "Suspended", "spec.suspend is true", now, generation)
+
+
+def _start_next(job: AlignmentJob, status: JobStatus, jobs: dict[str, JobView], observed: Observed,
+                settings: OperatorSettings, now: datetime, result: Reconciliation) -> JobStatus:
+    generation = job.metadata.generation
+    action = next_action(job, status, _defaults(job, settings), now)
+    if isinstance(action, Wait):
+        result.wake_in(action.seconds)
+        return status
+    if isinstance(action, Finished):
+        if action.phase == "Succeeded" and status.phase != "Succeeded":  # e.g. the last unstarted stage was removed
+            status.phase = "Succeeded"
+            status.completion_time = status.completion_time or rfc3339(now)
+            set_condition(status, "Succeeded", True, "AllStagesSucceeded", f"{len(status.stages)} stages succeeded", now, generation)
+            set_condition(status, "Progressing", False, "Finished", "", now, generation)
+        return status
+    if not isinstance(action, StartRun):
+        return status
+    config = action.config
+    alive = [p for p in observed.pods if p.stage == config.stage and p.alive]
+    if alive:
+        # an earlier run of this stage is still stopping (suspend, stall, a deleted Job): two runs
+        # of one stage never write checkpoints at the same time
+        set_condition(status, "Progressing", True, "WaitingForPreviousRun",
+                      f"stage {config.stage}: waiting for pod {alive[0].name} of an earlier run to stop", now, generation)
+        result.wake_in(PREVIOUS_RUN_WAIT_SECONDS)
+        return status
+    name = child_name(config.job.name, config.stage, config.attempt, config.round, config.role)
+    status = mark_started(job, status, config.stage, now, job_name=name)
+    started = status.stage(config.stage)
+    if not started.spec_fingerprint:
+        started.spec_fingerprint = spec_fingerprint(job, config.stage)
+    if name not in jobs:
+        result.actions.append(CreateRun(name, config.stage, build_run_configmap(job, config, name),
+                                        build_stage_job(job, config, settings, name)))
+    set_condition(status, "Progressing", True, "StageStarting", f"{_run_label(started)}: starting (Job {name})", now, generation)
+    return status
+
+
+def _cleanup(job: AlignmentJob, status: JobStatus, observed: Observed, settings: OperatorSettings, result: Reconciliation) -> None:
+    """Keep the newest ``failed_jobs_kept`` failed Jobs of each stage (for ``kubectl logs``)."""
+    for observed_stage in status.stages:
+        failed = [j for j in observed.jobs if j.stage == observed_stage.name and j.failed and not j.deleting]
+        failed.sort(key=lambda j: (j.attempt or 0, j.created or ""), reverse=True)
+        for old_job in failed[settings.failed_jobs_kept:]:
+            result.actions.append(DeleteRun(old_job.name, observed_stage.name, "Cleanup"))
+
+
+def _expire(ttl: int | None, status: JobStatus, now: datetime, result: Reconciliation) -> None:
+    """``ttlSecondsAfterFinished``: delete the finished job when it expires, else wake up then."""
+    if ttl is None or status.phase not in FINAL or not status.completion_time:
+        return
+    expires = parse_time(status.completion_time) + timedelta(seconds=ttl)
+    if now >= expires:
+        result.actions.append(DeleteAlignmentJob("TTLExpired"))
+        result.events.append(Event("Normal", "TTLExpired", f"deleted {ttl} s after it finished (ttlSecondsAfterFinished); "
+                                                          "nothing in storage is deleted"))
+    else:
+        result.wake_in((expires - now).total_seconds())
+
+
+# -- what changed: events and metrics -------------------------------------------------------------------
+
+def transition_events(old: JobStatus, new: JobStatus) -> list[Event]:
+    """One Kubernetes Event per transition between two statuses."""
+    events: list[Event] = []
+    before = {s.name: s for s in old.stages}
+    for stage in new.stages:
+        prev = before.get(stage.name) or StageStatus(name=stage.name)
+        label = _run_label(stage)
+        if stage.attempts > prev.attempts:
+            events.append(Event("Normal", "StageStarted", f"{label} started: Job {stage.job_name}"))
+        if stage.failures > prev.failures:
+            # the planner's own account: reason, exit code, the workload's message, what happens next
+            detail = new.condition("Failed" if stage.phase == "Failed" else "Progressing")
+            text = detail.message if detail is not None and detail.message else f"{label} failed: {stage.reason}: {stage.message or ''}"
+            events.append(Event("Warning", "AttemptFailed", text))
+        if stage.phase != prev.phase:
+            if stage.phase == "Succeeded":
+                events.append(Event("Normal", "StageSucceeded", f"stage {stage.name} succeeded: checkpoint {stage.checkpoint_uri}"))
+            elif stage.phase == "Failed":
+                events.append(Event("Warning", "StageFailed", f"stage {stage.name} failed: {stage.reason}: {stage.message or ''}".rstrip(": ")))
+            elif stage.phase == "Suspended":
+                events.append(Event("Normal", "StageSuspended", f"{label} stopped: {stage.message or stage.reason}"))
+    if new.phase != old.phase:
+        failed = new.condition("Failed")
+        if new.phase == "Succeeded":
+            events.append(Event("Normal", "Succeeded", f"all {len(new.stages)} stages succeeded; output model {new.output_model}"))
+        elif new.phase == "Failed":
+            events.append(Event("Warning", failed.reason if failed else "Failed", failed.message if failed else "the job failed"))
+        elif new.phase == "Suspended":
+            events.append(Event("Normal", "Suspended", "the job is suspended"))
+        elif old.phase == "Suspended":
+            events.append(Event("Normal", "Resumed", "the job resumed from its last checkpoints"))
+    cond, prev_cond = new.condition("Progressing"), old.condition("Progressing")
+    if cond is not None and cond.status == "False" and cond.reason in PROBLEMS and new.phase != "Failed" and (
+            prev_cond is None or (prev_cond.reason, prev_cond.message) != (cond.reason, cond.message)):
+        events.append(Event("Warning", cond.reason, cond.message))
+    return events
+
+
+def transition_observations(old: JobStatus, new: JobStatus) -> list[Observation]:
+    out: list[Observation] = []
+    before = {s.name: s for s in old.stages}
+    for stage in new.stages:
+        prev = before.get(stage.name) or StageStatus(name=stage.name)
+        if stage.attempts > prev.attempts:
+            out.append(Observation("attempt", stage.name, float(stage.attempts - prev.attempts)))
+        if stage.failures > prev.failures:
+            out.append(Observation("failure", stage.name, float(stage.failures - prev.failures), reason=stage.reason or "Error"))
+        if stage.phase in FINAL and stage.phase != prev.phase:
+            seconds = seconds_between(stage.start_time, stage.completion_time)
+            if seconds is not None:
+                out.append(Observation("duration", stage.name, seconds))
+    return out
+
+
+def _finish(old: JobStatus, old_wire: Mapping[str, Any], status: JobStatus, result: Reconciliation) -> None:
+    for condition in status.conditions:
+        before = old.condition(condition.type)
+        if before is not None and before.status == condition.status:
+            # a condition's lastTransitionTime moves only when its status does, whatever one pass
+            # set in between
+            condition.last_transition_time = before.last_transition_time
+    result.events = result.events + transition_events(old, status)
+    result.observations = result.observations + transition_observations(old, status)
+    wire = status.to_wire()
+    result.status = wire if wire != dict(old_wire) else None
+    result.phase = status.phase
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> Obj:
+    """The JSON merge patch (RFC 7386) turning ``old`` into ``new``: removed keys become null,
+    lists are replaced whole."""
+    patch: Obj = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before or key not in old:
+            patch[key] = value
+    return patch

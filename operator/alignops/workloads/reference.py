@@ -1,0 +1,56 @@
+"""The frozen reference model of preference optimisation, and its log-probabilities of the
+training sequences, computed once and cached.
+
+The cache fills in the order training first reads the data: chunk c holds the items at positions
+``[c*C, (c+1)*C)`` of the first epoch's order, with C the items of one optimiser step. So the first
+epoch scores exactly the batches it trains on (nothing for data a short run never reads), later
+epochs only read the cache, and a value never depends on when it was asked for: a resumed run
+recomputes bit-identical reference log-probs (exact resume).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignops.workloads.comparisons import SequenceScores, sequence_logps_batched
+from alignops.workloads.data import SftExample
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class ReferenceLogps:
+    """Summed reference log-probs of each item's sequences (a pair: chosen and rejected; a KTO
+    example: its completion). ``get(items)`` -> (len(items), sequences per item)."""
+
+    def __init__(self, model: torch.nn.Module, items: list[list[SftExample]], pad_token_id: int):
+        self.model, self.items, self.pad_token_id = freeze(model), items, pad_token_id
+        width = len(items[0]) if items else 0
+        device = next(model.parameters()).device
+        self.values = torch.zeros(len(items), width, dtype=torch.float32, device=device)
+        self.filled: set[int] = set()
+        self.follow(list(range(len(items))), chunk=64)
+        self.computed_sequences = 0  # how much work the cache did (reported; tests check it)
+
+    def follow(self, first_epoch_order: list[int], chunk: int) -> "ReferenceLogps":
+        """Fill in the first epoch's order, ``chunk`` items at a time (the items of one step)."""
+        self.order, self.chunk = first_epoch_order, max(1, chunk)
+        self.position = {item: pos for pos, item in enumerate(first_epoch_order)}
+        self.filled = set()
+        return self
+
+    def get(self, items: list[int]) -> torch.Tensor:
+        for c in sorted({self.position[i] // self.chunk for i in items} - self.filled):
+            members = self.order[c * self.chunk : (c + 1) * self.chunk]
+            sequences = [s for i in members for s in self.items[i]]
+            scores = sequence_logps_batched(self.model, sequences, self.pad_token_id).logp_sum.float()
+            self.values[torch.as_tensor(members, device=self.values.device)] = scores.view(len(members), -1)
+            self.filled.add(c)
+            self.computed_sequences += len(sequences)
+        return self.values[torch.as_tensor(items, dtype=torch.long, device=self.values.device)]
+
+    def score(self, examples: list[SftExample]) -> SequenceScores:
+        """Uncached reference log-probs of arbitrary sequences (KTO's mismatched pairs)."""
+        return sequence_logps_batched(self.model, examples, self.pad_token_id)

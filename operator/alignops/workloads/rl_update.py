@@ -1,0 +1,225 @@
+"""One round's policy (and critic) update: the trainer recomputes the behaviour ("old") and reference
+log-probs of the rollouts, the KL term goes into the reward or the loss, the algorithm's advantage
+estimator (``alignops.algos.ADVANTAGE_ESTIMATORS``) turns rewards into advantages, then ``ppoEpochs``
+passes of ``miniBatches`` optimiser steps minimise the clipped surrogate (plus the KL term and, for
+PPO, the clipped value loss).
+
+Every per-token loss is reduced by ``aggregate_loss`` with the *mini-batch's* token and sequence
+counts, so summing the micro-batches' losses gives exactly the whole mini-batch's loss: how a
+mini-batch is cut into micro-batches (``batchSize``) never changes the gradient.
+
+Tensor shapes: B rollouts of the round, T = L-1 next-token columns (``alignops.workloads.rl_batch``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from alignops.algos import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    AdvantageInputs,
+    FixedKLController,
+    aggregate_loss,
+    clipped_value_loss,
+    kl_shaped_token_rewards,
+    masked_mean,
+    ppo_clip_loss,
+)
+from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, RlHyperparameters
+from alignops.workloads.rl_batch import TokenBatch, chunked, token_logprobs, values_of
+
+
+@dataclass(frozen=True)
+class RlPlan:
+    """The stage's choices, resolved from ``algorithm`` and the hyperparameters' defaults."""
+
+    algorithm: str
+    estimator: str
+    kl_placement: str  # in_reward | in_loss
+    kl_estimator: str  # k1 | k2 | k3
+    use_reference: bool
+    use_critic: bool
+    greedy_baseline: bool
+
+    @classmethod
+    def resolve(cls, algorithm: str, hp: RlHyperparameters) -> "RlPlan":
+        placement = hp.kl.placement or ("in_loss" if algorithm in KL_IN_LOSS_BY_DEFAULT else "in_reward")
+        estimator = hp.kl.estimator or ("k3" if placement == "in_loss" else "k1")
+        return cls(
+            algorithm=algorithm,
+            estimator=ADVANTAGE_ESTIMATOR_OF[algorithm],
+            kl_placement=placement,
+            kl_estimator=estimator,
+            use_reference=hp.kl.beta > 0,
+            use_critic=algorithm == "ppo",
+            greedy_baseline=algorithm == "remax",
+        )
+
+
+def kl_controller(hp: RlHyperparameters, value: float | None = None):
+    """Fixed or adaptive (Ziegler et al.) KL coefficient; ``value`` restores a resumed one."""
+    beta = hp.kl.beta if value is None else value
+    if hp.kl.target is not None:
+        return AdaptiveKLController(beta, hp.kl.target, hp.kl.horizon)
+    return FixedKLController(beta)
+
+
+@dataclass
+class RoundTensors:
+    """The round's fixed inputs of the update, all (B, T) except scores (B,)."""
+
+    batch: TokenBatch
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    old_values: torch.Tensor | None
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+@torch.no_grad()
+def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic, batch: TokenBatch,
+                  scores: torch.Tensor, group_ids: torch.Tensor, baseline_scores: torch.Tensor | None,
+                  kl_coef: float) -> tuple[RoundTensors, dict[str, float]]:
+    """Old/reference log-probs and values (no grad), the KL term, advantages and returns.
+
+    Args:
+        scores: (B,) R(x, y) of each rollout; group_ids: (B,) its prompt; baseline_scores: (B,)
+            the greedy response's R (remax) or None; kl_coef: the current beta.
+    """
+    mask = batch.response_mask
+    chunk = hp.batch_size
+    was = policy.training
+    policy.eval()
+    old_logp, entropy = chunked(lambda b: token_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
+    policy.train(was)
+    ref_logp = chunked(lambda b: token_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
+    old_values = chunked(lambda b: values_of(critic, b), batch, chunk)[0] if critic is not None else None
+    scores = scores.to(old_logp.device, torch.float32)
+    metrics = {"entropy": float(masked_mean(entropy, mask))}
+    kl = None
+    if ref_logp is not None:
+        kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(old_logp, ref_logp), torch.zeros_like(old_logp))
+        metrics["kl"] = float(masked_mean(kl, mask))
+    token_rewards = None
+    if kl is not None and plan.kl_placement == "in_reward" and kl_coef > 0:
+        token_rewards = kl_shaped_token_rewards(scores, kl, mask, kl_coef)
+    inputs = AdvantageInputs(
+        response_mask=mask,
+        # with KL in the reward, outcome estimators score a response by its shaped rewards' sum (verl)
+        scores=None if token_rewards is not None else scores,
+        token_level_rewards=token_rewards,
+        group_ids=group_ids.to(mask.device),
+        values=old_values,
+        baseline_scores=baseline_scores.to(mask.device, torch.float32) if baseline_scores is not None else None,
+        gamma=hp.gamma,
+        lam=hp.lam,
+    )
+    advantages, returns = ADVANTAGE_ESTIMATORS.get(plan.estimator)(inputs)
+    metrics["advantage_mean"] = float(masked_mean(advantages, mask))
+    return RoundTensors(batch, old_logp, ref_logp, old_values, advantages, returns), metrics
+
+
+def minibatch_order(hp: RlHyperparameters, round_: int, size: int) -> list[torch.Tensor]:
+    """Row indices of every optimiser step of a round: per PPO epoch a fresh permutation (seeded by
+    seed, round and epoch, so a rerun or the split placement takes the same steps) cut into
+    ``miniBatches`` near-equal parts."""
+    steps = []
+    for epoch in range(hp.ppo_epochs):
+        generator = torch.Generator().manual_seed((hp.seed * 1_000_003 + round_) * 101 + epoch)
+        steps += [part for part in torch.randperm(size, generator=generator).tensor_split(hp.mini_batches) if len(part)]
+    return steps
+
+
+class PolicyUpdate:
+    """Optimiser steps over one round's rollouts with a TrainLoop's optimizer and scheduler (param
+    group 0: the policy; group 1: the critic, clipped separately)."""
+
+    def __init__(self, plan: RlPlan, hp: RlHyperparameters, policy, critic, loop, autocast: torch.dtype | None):
+        self.plan, self.hp, self.policy, self.critic, self.loop = plan, hp, policy, critic, loop
+        self.autocast = autocast
+
+    def _forward(self):
+        device = next(self.policy.parameters()).device
+        return torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+
+    def step(self, t: RoundTensors, rows: torch.Tensor, kl_coef: float) -> dict[str, float]:
+        """One optimiser step on the mini-batch ``rows``; returns its summed figures."""
+        hp, plan = self.hp, self.plan
+        optimizer = self.loop.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
+        n_tokens = t.batch.response_mask[rows].sum()
+        n_seqs = len(rows)
+        norm = dict(num_global_tokens=n_tokens, num_global_seqs=n_seqs, max_len=hp.max_new_tokens)
+        out = {"policy_loss": 0.0, "kl_loss": 0.0, "value_loss": 0.0, "loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0}
+        for micro in rows.split(hp.batch_size):
+            sub = t.batch.select(micro)
+            mask = sub.response_mask
+            width = mask.shape[1]
+            with self._forward():
+                logp, _ = token_logprobs(self.policy, sub, hp.temperature)
+            pg = ppo_clip_loss(logp, t.old_logp[micro, :width], t.advantages[micro, :width], mask,
+                               hp.clip_low, hp.clip_high, hp.dual_clip)
+            policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
+            loss = policy_loss
+            if plan.kl_placement == "in_loss" and t.ref_logp is not None and kl_coef > 0:
+                kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(logp, t.ref_logp[micro, :width]), torch.zeros_like(logp))
+                kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
+                loss = loss + kl_coef * kl_loss
+                out["kl_loss"] += float(kl_loss.detach())
+            if self.critic is not None:
+                with self._forward():
+                    values = values_of(self.critic, sub)
+                value_loss = aggregate_loss(
+                    clipped_value_loss(values, t.old_values[micro, :width], t.returns[micro, :width], hp.critic.value_clip, mask),
+                    mask, "token_mean", num_global_tokens=n_tokens)
+                loss = loss + value_loss
+                out["value_loss"] += float(value_loss.detach())
+            loss.backward()
+            tokens = float(mask.sum())
+            out["policy_loss"] += float(policy_loss.detach())
+            out["loss"] += float(loss.detach())
+            out["clipped_tokens"] += float(pg.clip_fraction) * tokens
+            out["tokens"] += tokens
+            out["train_tokens"] = out.get("train_tokens", 0.0) + float(sub.attention_mask.sum())
+        groups = optimizer.param_groups
+        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(groups[0]["params"], hp.max_grad_norm))
+        if len(groups) > 1:
+            out["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(groups[1]["params"], hp.max_grad_norm))
+        optimizer.step()
+        self.loop.scheduler.step()
+        self.loop.step += 1
+        self.loop.tokens_seen += int(out["train_tokens"])
+        self.loop.last_loss = out["loss"]
+        return out
+
+    def run(self, t: RoundTensors, round_: int, kl_coef: float, should_stop: Callable[[], None]) -> dict[str, float]:
+        """Every step of the round; ``should_stop()`` is called before each (it raises to stop)."""
+        totals: dict[str, float] = {}
+        steps = minibatch_order(self.hp, round_, len(t.batch))
+        for rows in steps:
+            should_stop()
+            for key, value in self.step(t, rows.to(t.old_logp.device), kl_coef).items():
+                totals[key] = totals.get(key, 0.0) + value
+        n = max(1, len(steps))
+        metrics = {
+            "loss": totals["loss"] / n,
+            "policy_loss": totals["policy_loss"] / n,
+            "clip_fraction": totals["clipped_tokens"] / max(1.0, totals["tokens"]),
+            "grad_norm": totals["grad_norm"] / n,
+            "train_tokens": totals["train_tokens"],
+        }
+        if self.plan.kl_placement == "in_loss" and t.ref_logp is not None:
+            metrics["kl_loss"] = totals["kl_loss"] / n
+        if self.critic is not None:
+            metrics["value_loss"] = totals["value_loss"] / n
+            metrics["critic_grad_norm"] = totals["critic_grad_norm"] / n
+        return metrics
