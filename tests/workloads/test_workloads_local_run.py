@@ -69,6 +69,12 @@ def test_run_two_stages_then_stop_with_ctrl_c_and_resume(tmp_path):
     assert steps == list(range(1, 401)), "the resumed run continues at the next step"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
     assert "Succeeded" in resumed.stdout and "output model" in resumed.stdout
+    # each stage run kept the job's summary in storage (it outlives the resource on a cluster)
+    summary = json.loads((workdir / "default" / "demo" / "summary.json").read_text())
+    assert summary["job"] == "demo" and list(summary["stages"]) == ["sft", "sft2"]
+    assert summary["stages"]["sft"]["phase"] == "Succeeded" and summary["stages"]["sft"]["attempt"] == 2
+    assert summary["stages"]["sft2"]["checkpointUri"] == second["checkpointUri"]
+    assert summary["stages"]["sft"]["metrics"]["loss"] == pytest.approx(first["metrics"]["loss"], rel=1e-5)
 
 
 def test_failed_stage_is_shown_and_retry_failed_reruns_it(tmp_path):

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,8 @@ def load_config(path: str) -> StageRunConfig:
 
 
 def main(argv: list[str]) -> int:
-    from alignops.workloads.context import ConfigError, StopRequested, make_context
+    from alignops.workloads.context import ConfigError, make_context
+    from alignops.workloads.summary import record_summary
 
     if len(argv) != 1:
         print("usage: python -m alignops.workloads CONFIG.json", file=sys.stderr)
@@ -88,27 +90,37 @@ def main(argv: list[str]) -> int:
         write_result(encode_result(None, {}, message))
         return EXIT_CONFIG
     _quiet_libraries()
+    started = time.time()
     ctx = None
     try:
         ctx = make_context(config)
-        module = importlib.import_module(STAGE_MODULES[config.type])
+        code, uri, metrics, message = _run_stage(ctx)
+    except ConfigError as exc:  # raised while opening storage
+        code, uri, metrics, message = EXIT_CONFIG, None, {}, f"configuration error: {exc}"
+        print(message, file=sys.stderr)
+    write_result(encode_result(uri, metrics, message))
+    if ctx is not None:
+        record_summary(ctx, code, uri, metrics, message, started)
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    return code
+
+
+def _run_stage(ctx) -> tuple[int, str | None, dict[str, float], str | None]:
+    """(exit code, checkpoint URI, metrics, message) of one stage run."""
+    from alignops.workloads.context import ConfigError, StopRequested
+
+    try:
+        module = importlib.import_module(STAGE_MODULES[ctx.config.type])
         result: StageResult = module.run(ctx)
-        write_result(encode_result(result.checkpoint_uri, result.metrics))
-        return EXIT_OK
+        return EXIT_OK, result.checkpoint_uri, result.metrics, None
     except StopRequested as exc:
-        write_result(encode_result(None, {}, str(exc)))
-        return EXIT_SIGTERM
+        return EXIT_SIGTERM, None, {}, str(exc)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        write_result(encode_result(None, {}, f"configuration error: {exc}"))
-        return EXIT_CONFIG
+        return EXIT_CONFIG, None, {}, f"configuration error: {exc}"
     except Exception as exc:  # noqa: BLE001 - every other failure is worth a retry
         traceback.print_exc()
-        write_result(encode_result(None, {}, f"{type(exc).__name__}: {exc}"))
-        return EXIT_RETRY
-    finally:
-        if ctx is not None:
-            shutil.rmtree(ctx.scratch, ignore_errors=True)
+        return EXIT_RETRY, None, {}, f"{type(exc).__name__}: {exc}"
 
 
 def _quiet_libraries() -> None:
