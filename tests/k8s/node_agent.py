@@ -50,6 +50,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -969,7 +970,11 @@ class NodeAgent:
             return shared
         if target.exists():
             return target
-        target.mkdir(parents=True, exist_ok=True)
+        # filled in a staging directory and renamed: a ConfigMap not there yet raises _NotReady and
+        # leaves nothing behind, so the next try mounts it (as a kubelet retries the mount)
+        final, target = target, run.dir / f'.vol-{name}.partial'
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
         if 'configMap' in vol:
             data = await self._configmap_data(run, vol['configMap'], whole=True, volume=True)
             self._write_items(target, data or {}, vol['configMap'].get('items'))
@@ -985,7 +990,8 @@ class NodeAgent:
                 elif 'secret' in source:
                     data = await self._secret_data(run, source['secret'], whole=True, volume=True)
                     self._write_items(target, data or {}, source['secret'].get('items'))
-        return target
+        target.rename(final)
+        return final
 
     @staticmethod
     def _write_items(target: Path, data: Mapping[str, str | bytes], items: list[Obj] | None) -> None:
