@@ -33,7 +33,6 @@ CHECKOV_SKIPS = {
                   "retry; ALIGNOPS_IMAGE_PULL_POLICY=Always opts in",
     "CKV_K8S_35": "S3 SDKs (boto3) read credentials from environment variables; the Secret is the user's "
                   "spec.storage.secretName (or IRSA / Workload Identity with no Secret at all)",
-    "CKV_K8S_40": "the trainer and rollout images run as their built-in user, UID 1000 (runAsNonRoot is enforced)",
     "CKV2_K8S_6": "NetworkPolicies are namespace-level objects of the Helm chart, not of each stage Job",
 }
 
@@ -119,7 +118,7 @@ def test_security_context_is_restricted(settings, quickstart):
     job = _job(quickstart)
     pod = build_stage_job(job, _config(job, "sft"), settings)["spec"]["template"]["spec"]
     security = pod["containers"][0]["securityContext"]
-    assert security["runAsNonRoot"] is True and security["runAsUser"] == 1000
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}

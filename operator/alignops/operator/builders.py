@@ -5,7 +5,7 @@ resolved ``StageRunConfig`` JSON from the planner, the same bytes ``alignops run
 workload writes its result JSON to ``ALIGNOPS_RESULT_PATH`` = the container's termination-message
 path, so the operator reads it from the pod status and never needs storage credentials.
 
-The pod is locked down (restricted Pod Security Standard): non-root UID 1000, no privilege
+The pod is locked down (restricted Pod Security Standard): non-root UID 10001, no privilege
 escalation, every capability dropped, seccomp RuntimeDefault, read-only root filesystem. What must be
 writable is a volume: ``/scratch`` (``ALIGNOPS_SCRATCH``, ``HOME``, ``TMPDIR``: downloads and staged
 checkpoints) and a memory-backed ``/dev/shm`` (DataLoader workers, NCCL). No service account token
@@ -35,7 +35,7 @@ SCRATCH_DIR = "/scratch"
 SHM_DIR = "/dev/shm"
 RESULT_PATH = "/dev/termination-log"
 CONTAINER = "stage"
-RUN_AS = 1000
+RUN_AS = 10001  # the images' user (images/Dockerfile.*); >= 10000 keeps clear of host UIDs
 GPU_RESOURCE = "nvidia.com/gpu"
 # volume names and mount paths the builder owns; a stage's extra volumes may not reuse them
 RESERVED_VOLUMES = ("config", "scratch", "dshm")

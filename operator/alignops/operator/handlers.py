@@ -44,6 +44,9 @@ def register(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
         memo.alignops_settings = ops
         # kopf's own per-handler messages stay in the log; the operator posts its own Events
         settings.posting.level = logging.WARNING
+        # no runtime scanning of CRDs and namespaces: the chart's RBAC grants neither (least privilege);
+        # the AlignmentJob CRD is installed before the operator starts
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         metrics = memo.get("alignops_metrics") or OperatorMetrics()

@@ -44,6 +44,7 @@ tokens_per_second_generate              alignops_stage_generate_tokens_per_secon
 tokens_per_second_train                 alignops_stage_train_tokens_per_second       update tokens / train time
 time_generate, time_score               alignops_stage_generate_seconds, _score_...  seconds spent sampling, scoring
 time_train, time_sync                   alignops_stage_train_seconds, _sync_seconds  updating; weights to the engine
+time_eval                               alignops_stage_time_eval                     held-out evaluation, seconds
 logprob_gap                             alignops_stage_logprob_gap                   mean abs(engine - trainer log-prob)
 grad_norm, lr, step, total_steps        alignops_stage_grad_norm, _learning_rate...  as every trained stage
 ======================================  ===========================================  =====================================
@@ -329,7 +330,9 @@ class Trainer:
         record.update(metrics, time_train=time_train, time_sync=time_sync,
                       tokens_per_second_train=train_tokens / time_train if time_train > 0 else 0.0)
         if round_ % hp.eval_every == 0 or round_ == hp.rounds:
+            started = time.perf_counter()
             record.update(self.evaluate())
+            record["time_eval"] = time.perf_counter() - started
         self.state.rounds_done = round_
         self.state.kl_coef = self.kl.value
         self.state.history.append({k: record[k] for k in ("round", "reward_mean", "loss", "kl", "accuracy", "logprob_gap",

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from alignops.algos.sft import masked_lm_loss
 from alignops.api.common import DatasetSource
 from alignops.api.hyperparameters import SftHyperparameters
+from alignops.metrics.names import snake_case
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data import load_records, tokenize_sft
 from alignops.workloads.entrypoint import StageResult
@@ -91,6 +92,9 @@ def run(ctx: RunContext) -> StageResult:
     first_loss = loop.last_loss
     final = loop.run()
     after = evaluate(model, tokenizer, eval_examples, prompt_records)
+    # held-out figures as a metrics record too: the dashboard's accuracy panel covers SFT stages
+    ctx.metrics.log({"step": loop.step, "total_steps": loop.total_steps, "round": None,
+                     **{snake_case(name): value for name, value in after.items()}})
     history = [r["loss"] for r in ctx.metrics.history if "loss" in r]
     metrics = {"loss": loop.last_loss, "steps": loop.step}
     if history:
