@@ -52,3 +52,17 @@ def test_a_deleted_job_takes_its_series_along():
     samples = _samples(metrics)
     assert not any(dict(labels).get("aj_name") == "a" for _, labels in samples)
     assert samples[("alignops_jobs", (("aj_namespace", "ml"), ("phase", "Running")))] == 0
+
+
+def test_job_info_keeps_one_series_per_job_with_its_current_phase():
+    metrics = OperatorMetrics()
+    metrics.set_phase("ml", "a", "Running")
+    metrics.set_phase("ml", "a", "Failed")
+
+    def info():
+        return {dict(labels)["phase"]: value for (name, labels), value in _samples(metrics).items()
+                if name == "alignops_job_info" and dict(labels)["aj_name"] == "a"}
+
+    assert info() == {"Failed": 1}  # the Running series is gone, so alerts see only the current phase
+    metrics.forget("ml", "a")
+    assert info() == {}

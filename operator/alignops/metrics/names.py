@@ -112,6 +112,8 @@ STAGE_OWN_METRICS: tuple[Metric, ...] = (STAGE_INFO, STAGE_START, STAGE_LAST_PRO
 
 # The operator's registry (alignops.metrics.operator): names the dashboard and alerts rely on.
 JOBS = Metric(PREFIX + "jobs", "gauge", "AlignmentJobs by phase.", ("aj_namespace", "phase"))
+JOB_INFO = Metric(PREFIX + "job_info", "gauge", "1 per AlignmentJob, labelled with its current phase.",
+                  ("aj_namespace", "aj_name", "phase"))
 STAGE_DURATION = Metric(PREFIX + "stage_duration_seconds", "histogram", "Stage durations, start to end.", OPERATOR_LABELS)
 STAGE_ATTEMPTS = Metric(PREFIX + "stage_attempts_total", "counter", "Stage runs started (first tries and retries).", OPERATOR_LABELS)
 STAGE_FAILURES = Metric(PREFIX + "stage_failures_total", "counter", "Failed stage attempts by reason.", OPERATOR_LABELS + ("reason",))
@@ -119,7 +121,7 @@ RECONCILE_DURATION = Metric(PREFIX + "reconcile_duration_seconds", "histogram", 
 RECONCILE_ERRORS = Metric(PREFIX + "reconcile_errors_total", "counter", "Reconciles that raised.", ())
 TIME_TO_FIRST_POD = Metric(PREFIX + "time_to_first_pod_running_seconds", "histogram",
                            "From a stage run's creation to its first pod Running.", OPERATOR_LABELS)
-OPERATOR_METRICS: tuple[Metric, ...] = (JOBS, STAGE_DURATION, STAGE_ATTEMPTS, STAGE_FAILURES, RECONCILE_DURATION,
+OPERATOR_METRICS: tuple[Metric, ...] = (JOBS, JOB_INFO, STAGE_DURATION, STAGE_ATTEMPTS, STAGE_FAILURES, RECONCILE_DURATION,
                                         RECONCILE_ERRORS, TIME_TO_FIRST_POD)
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")

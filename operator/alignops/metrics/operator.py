@@ -33,6 +33,7 @@ class OperatorMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Gauge(names.JOBS.name, names.JOBS.help, list(names.JOBS.labels), registry=r)
+        self.job_info = Gauge(names.JOB_INFO.name, names.JOB_INFO.help, list(names.JOB_INFO.labels), registry=r)
         self.stage_duration = Histogram(names.STAGE_DURATION.name, names.STAGE_DURATION.help, list(names.STAGE_DURATION.labels),
                                         buckets=STAGE_SECONDS_BUCKETS, registry=r)
         self.stage_attempts = Counter(_counter_name(names.STAGE_ATTEMPTS.name), names.STAGE_ATTEMPTS.help,
@@ -54,11 +55,15 @@ class OperatorMetrics:
     def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
         """Record a job's phase (None: it is gone) and refresh the per-namespace counts."""
         with self._lock:
+            previous = self._phases.get((namespace, name))
+            if previous is not None and previous != phase:
+                self.job_info.remove(namespace, name, previous)  # one series per job: its current phase
             if phase is None:
                 self._phases.pop((namespace, name), None)
             else:
                 self._phases[(namespace, name)] = phase
                 self._namespaces.add(namespace)
+                self.job_info.labels(namespace, name, phase).set(1)
             counts = Tally((ns, p) for (ns, _), p in self._phases.items())
             for ns in self._namespaces:  # a namespace once seen keeps zeros, so a phase drops to 0
                 for p in PHASES:
