@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from alignops.metrics.names import snake_case
 from alignops.workloads.context import RunContext
 from alignops.workloads.policy import Starting
 from alignops.workloads.training import TrainLoop
@@ -36,6 +37,10 @@ class StageRecord:
         (directory / STAGE_RECORD).write_text(json.dumps({"before": self.before, "lossFirst": self.first_loss}))
 
     def metrics(self, loop: TrainLoop, after: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
+        """The result metrics; the held-out figures after training also go out as a metrics record
+        (as the SFT stage does), so the dashboard's accuracy panel covers these stages."""
+        self.ctx.metrics.log({"step": loop.step, "total_steps": loop.total_steps, "round": loop.round,
+                              **{snake_case(name): value for name, value in after.items()}})
         metrics: dict[str, float] = {"loss": loop.last_loss, "steps": loop.step}
         if self.first_loss is not None:
             metrics["lossFirst"] = self.first_loss

@@ -70,7 +70,7 @@ def run(ctx: RunContext) -> StageResult:
         best = best_response_index(rewards, mask)
         best_nll = -p.gather(1, best.unsqueeze(1)).squeeze(1)
         losses = rrhf(p, rewards, mask, best_nll, rank_weight=hp.rank_weight)
-        metrics = {"best_nll": float(best_nll.mean()), "rank_loss": float((losses - best_nll).mean())}
+        metrics = {"best_nll": float(best_nll.detach().mean()), "rank_loss": float((losses - best_nll).detach().mean())}
         return LossOutput(losses.mean(), int(scores.lengths.sum()), metrics)
 
     def save_extra(directory: Path) -> None:

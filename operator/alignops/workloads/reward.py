@@ -127,7 +127,8 @@ def run(ctx: RunContext) -> StageResult:
                                    dtype=scores.dtype, device=scores.device)
             margin = margins.view(-1, 1, 1).expand(-1, width, width)[pair_mask]
             loss = loss_of(better, worse, margin).mean()
-        metrics = {"reward_accuracy": float((better > worse).float().mean()), "reward_margin": float((better - worse).mean())}
+        gap = (better - worse).detach()
+        metrics = {"reward_accuracy": float((gap > 0).float().mean()), "reward_margin": float(gap.mean())}
         return LossOutput(loss=loss, tokens=sum(len(e.input_ids) for e in flat), metrics=metrics)
 
     def save_extra(directory: Path) -> None:

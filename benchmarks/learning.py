@@ -1,0 +1,168 @@
+"""Learning targets of the recipes in pipelines/ (a benchmark, not a test: minutes per recipe on 2 cores).
+
+Runs recipes with ``alignops run`` in a temporary workdir, one after another as a user would, and
+prints one row per stage (recipe, stage, type, algorithm, before, after, change, seconds, check).
+Targets (issue 3, plus issue 4's for rl stages, taken from benchmarks/learning_rl.py):
+
+- every stage finishes in under 180 seconds (rl stages: learning_rl.py's limit);
+- a ``reward`` stage reaches held-out pairwise accuracy ``accuracyAfter >= 0.9``;
+- a ``preference`` stage with ``dpo`` raises held-out preference accuracy by at least 0.20 over its
+  SFT start (``accuracyAfter - accuracyBefore``);
+- every ``reward``, ``preference`` and ``rank`` stage ends with a lower loss than it started with.
+
+Exit status 0 when every target is met, 1 otherwise.
+
+    .venv/bin/python benchmarks/learning.py                                  # every recipe
+    .venv/bin/python benchmarks/learning.py zephyr-dpo.yaml instructgpt-rm.yaml
+    .venv/bin/python benchmarks/learning.py --types reward preference rank   # recipes with these stages
+    .venv/bin/python benchmarks/learning.py --threads 1                      # OMP_NUM_THREADS for the stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_SECONDS = 180.0
+REWARD_ACCURACY = 0.9
+DPO_GAIN = 0.20
+COMPARISON_TYPES = ("reward", "preference", "rank")
+
+
+def _rl_targets():
+    """benchmarks/learning_rl.py, where the rl stages' targets live (None if absent)."""
+    path = REPO / "benchmarks" / "learning_rl.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("learning_rl", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipes(names: list[str], types: list[str]) -> list[Path]:
+    found = sorted((REPO / "pipelines").glob("*.yaml"))
+    if names:
+        found = [r for r in found if r.name in names or r.stem in names]
+    if types:
+        found = [r for r in found if set(types) & {s.get("type") for s in yaml.safe_load(r.read_text())["spec"]["stages"]}]
+    return found
+
+
+def _seconds(stage: dict) -> float | None:
+    if not stage.get("startTime") or not stage.get("completionTime"):
+        return None
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(stage["completionTime"]) - parse(stage["startTime"])).total_seconds()
+
+
+def run_recipe(recipe: Path, workdir: Path, env: dict[str, str]) -> tuple[dict, dict, float]:
+    """(the recipe as parsed, its status, wall seconds of the whole run)."""
+    document = yaml.safe_load(recipe.read_text())
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "alignops.cli.main", "run", str(recipe), "--workdir", str(workdir)],
+                          capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    status_path = workdir / document["metadata"]["name"] / "status.json"
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+    return document, json.loads(status_path.read_text())["status"] if status_path.exists() else {}, wall
+
+
+def rows_of(recipe: Path, document: dict, status: dict, rl) -> list[dict]:
+    rows = []
+    observed = {s["name"]: s for s in status.get("stages", [])}
+    for stage in document["spec"]["stages"]:
+        seen = observed.get(stage["name"], {})
+        metrics = seen.get("metrics", {})
+        row = {"recipe": recipe.name, "stage": stage["name"], "type": stage["type"],
+               "algorithm": stage.get("algorithm") or "-", "phase": seen.get("phase", "-"), "seconds": _seconds(seen),
+               "before": metrics.get("accuracyBefore"), "after": metrics.get("accuracyAfter"),
+               "loss_first": metrics.get("lossFirst"), "loss": metrics.get("loss"), "checks": []}
+        if stage["type"] == "rl" and rl is not None:
+            # the rl engineer's row and verdict, as learning_rl.py prints them
+            rl_row = next(r for r in rl.rows_of(recipe, document, status) if r["stage"] == stage["name"])
+            row.update(before=rl_row["before"], after=rl_row["after"], algorithm=rl_row["algorithm"], rl_row=rl_row)
+        rows.append(row)
+    return rows
+
+
+def verdict(row: dict, rl) -> str:
+    if "rl_row" in row:
+        return rl.verdict(row["rl_row"])
+    problems = []
+    if row["phase"] != "Succeeded":
+        problems.append(f"phase {row['phase']}")
+    if row["seconds"] is None or row["seconds"] >= STAGE_SECONDS:
+        problems.append(f"not under {STAGE_SECONDS:.0f} s")
+    before, after = row["before"], row["after"]
+    if row["type"] == "reward" and (after is None or after < REWARD_ACCURACY):
+        problems.append(f"accuracy < {REWARD_ACCURACY}")
+    if row["type"] == "preference" and row["algorithm"] == "dpo" and (before is None or after is None or after - before < DPO_GAIN):
+        problems.append(f"gain < {DPO_GAIN}")
+    if row["type"] in COMPARISON_TYPES and not (row["loss"] is not None and row["loss_first"] is not None
+                                                and row["loss"] < row["loss_first"]):
+        problems.append("loss did not fall")
+    return "ok" if not problems else "; ".join(problems)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict], rl) -> None:
+    columns = ("recipe", "stage", "type", "algorithm", "before", "after", "change", "loss first->last", "seconds", "check")
+    table = []
+    for row in rows:
+        change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
+        loss = f"{_fmt(row['loss_first'])}->{_fmt(row['loss'])}" if row["loss"] is not None else "-"
+        seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
+        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], _fmt(row["before"]), _fmt(row["after"]),
+                      _fmt(change), loss, seconds, verdict(row, rl)])
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", help="recipe file names under pipelines/ (default: every one)")
+    parser.add_argument("--types", nargs="*", default=[], help="only recipes with a stage of these types")
+    parser.add_argument("--workdir", type=Path, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the stage processes (default: as inherited)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alignops-learning-"))
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    rl = _rl_targets()
+    rows: list[dict] = []
+    chosen = recipes(args.recipes, args.types)
+    for recipe in chosen:
+        document, status, wall = run_recipe(recipe, workdir / recipe.stem, env)
+        print(f"{recipe.name}: {status.get('phase', 'no status')} in {wall:.0f} s", flush=True)
+        rows += rows_of(recipe, document, status, rl)
+    print(f"\nbefore/after: held-out accuracy (sft: greedy answers; reward: pairwise; preference, rank: chosen log-prob "
+          f"above rejected); OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs\n")
+    print_table(rows, rl)
+    failed = [r for r in rows if verdict(r, rl) != "ok"]
+    print(f"\n{len(chosen)} recipes, {len(rows)} stages, {len(failed)} missing a target (every stage < {STAGE_SECONDS:.0f} s; "
+          f"reward accuracy >= {REWARD_ACCURACY}; dpo gain >= {DPO_GAIN}; reward/preference/rank loss falls); workdir {workdir}")
+    return 1 if failed or not rows else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Learning targets of the `rl` recipes (a benchmark, not a test: minutes per recipe on 2 cores).
+
+Runs every recipe in ``pipelines/`` that has an ``rl`` stage with ``alignops run`` (as a user does,
+one recipe after another), then prints one row per stage (recipe, stage, type, algorithm, metric,
+before, after, change, seconds) and checks the targets of issue 4:
+
+- ``grpo``, ``rloo``, ``reinforce_pp`` (and the other verifiable-reward algorithms) raise held-out
+  greedy accuracy (``accuracyAfter - accuracyBefore``) by at least 0.15;
+- ``ppo`` raises the reward mean (``rewardLast - rewardFirst``) by at least 0.1;
+- every stage of those recipes takes under 300 seconds.
+
+Exit status 0 when every target is met, 1 otherwise.
+
+    .venv/bin/python benchmarks/learning_rl.py                       # every rl recipe
+    .venv/bin/python benchmarks/learning_rl.py quickstart.yaml rloo.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_SECONDS = 300.0
+ACCURACY_GAIN = 0.15
+REWARD_GAIN = 0.10
+ACCURACY_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
+
+
+def rl_recipes(names: list[str]) -> list[Path]:
+    recipes = sorted((REPO / "pipelines").glob("*.yaml"))
+    if names:
+        recipes = [r for r in recipes if r.name in names]
+    return [r for r in recipes if any(s.get("type") == "rl" for s in yaml.safe_load(r.read_text())["spec"]["stages"])]
+
+
+def _seconds(stage: dict) -> float | None:
+    if not stage.get("startTime") or not stage.get("completionTime"):
+        return None
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(stage["completionTime"]) - parse(stage["startTime"])).total_seconds()
+
+
+def run_recipe(recipe: Path, workdir: Path) -> tuple[dict, dict, float]:
+    """(the recipe as parsed, its status.json, wall seconds of the whole run)."""
+    document = yaml.safe_load(recipe.read_text())
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "alignops.cli.main", "run", str(recipe), "--workdir", str(workdir)],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    status_path = workdir / document["metadata"]["name"] / "status.json"
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+    return document, json.loads(status_path.read_text())["status"] if status_path.exists() else {}, wall
+
+
+def rows_of(recipe: Path, document: dict, status: dict) -> list[dict]:
+    rows = []
+    observed = {s["name"]: s for s in status.get("stages", [])}
+    for stage in document["spec"]["stages"]:
+        seen = observed.get(stage["name"], {})
+        metrics = seen.get("metrics", {})
+        row = {"recipe": recipe.name, "stage": stage["name"], "type": stage["type"], "algorithm": stage.get("algorithm", "-"),
+               "phase": seen.get("phase", "-"), "seconds": _seconds(seen), "metric": "accuracy",
+               "before": metrics.get("accuracyBefore"), "after": metrics.get("accuracyAfter"), "target": None}
+        if stage["type"] == "rl":
+            algorithm = stage.get("algorithm", "grpo")
+            if algorithm == "ppo":
+                row.update(metric="reward", before=metrics.get("rewardFirst"), after=metrics.get("rewardLast"), target=REWARD_GAIN)
+            elif algorithm in ACCURACY_ALGORITHMS:
+                row["target"] = ACCURACY_GAIN
+            row["algorithm"] = algorithm
+        rows.append(row)
+    return rows
+
+
+def verdict(row: dict) -> str:
+    problems = []
+    if row["phase"] != "Succeeded":
+        problems.append(f"phase {row['phase']}")
+    if row["seconds"] is None or row["seconds"] >= STAGE_SECONDS:
+        problems.append("too slow")
+    if row["target"] is not None:
+        if row["before"] is None or row["after"] is None:
+            problems.append("no figures")
+        elif row["after"] - row["before"] < row["target"]:
+            problems.append(f"gain < {row['target']}")
+    return "ok" if not problems else "; ".join(problems)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = ("recipe", "stage", "type", "algorithm", "metric", "before", "after", "change", "seconds", "check")
+    table = []
+    for row in rows:
+        change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
+        seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
+        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], row["metric"], _fmt(row["before"]),
+                      _fmt(row["after"]), _fmt(change), seconds, verdict(row)])
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", help="recipe file names under pipelines/ (default: every one with an rl stage)")
+    parser.add_argument("--workdir", type=Path, help="where the runs go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alignops-learning-rl-"))
+    rows = []
+    for recipe in rl_recipes(args.recipes):
+        document, status, wall = run_recipe(recipe, workdir / recipe.stem)
+        print(f"{recipe.name}: {status.get('phase', 'no status')} in {wall:.0f} s", flush=True)
+        rows += rows_of(recipe, document, status)
+    print()
+    print_table(rows)
+    failed = [r for r in rows if verdict(r) != "ok"]
+    print(f"\n{len(rows)} stages, {len(failed)} missing a target (rl targets: accuracy +{ACCURACY_GAIN} for "
+          f"{', '.join(ACCURACY_ALGORITHMS)}; reward +{REWARD_GAIN} for ppo; every stage < {STAGE_SECONDS:.0f} s); "
+          f"workdir {workdir}")
+    return 1 if failed or not any(r["type"] == "rl" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

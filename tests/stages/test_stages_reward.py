@@ -1,0 +1,46 @@
+"""The reward stage on K-wise rankings: Plackett-Luce by default for rankings, and a checkpoint that
+Hugging Face loads as a sequence classifier scoring as the stage did."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignops.planner import EXIT_OK
+
+STAGE = {
+    "name": "rm", "type": "reward",
+    "datasets": {"train": {"generator": "arithmetic", "size": 16, "seed": 3, "format": "rankings"}},
+    "hyperparameters": {"maxSteps": 24, "batchSize": 8, "learningRate": 0.01, "warmupSteps": 2,
+                        "checkpointEvery": 1000, "logEvery": 1, "evalSize": 16, "maxLength": 16},
+}
+
+
+@pytest.mark.slow
+def test_rankings_train_plackett_luce_and_the_checkpoint_loads_in_transformers(stage_run, tmp_path, monkeypatch):
+    log = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv("ALIGNOPS_METRICS_LOG", str(log))
+    code, result = stage_run(STAGE, tmp_path / "store")
+    assert code == EXIT_OK
+    losses = [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
+    # untrained, four near-equal scores: the Plackett-Luce NLL of a ranking of 4 is log 4! = 3.18
+    assert losses[0] == pytest.approx(3.178, abs=0.05)
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # 16 rankings, 12 passes: it must fit them
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignops.workloads.reward import reward_example, reward_scores
+
+    directory = Path(result["checkpointUri"].removeprefix("file://"))
+    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert model.config.architectures == ["LlamaForSequenceClassification"] and model.config.num_labels == 1
+    examples = [reward_example("12+30=", answer, tokenizer, 16) for answer in ("42", "41")]
+    with torch.no_grad():
+        ours = reward_scores(model, examples, tokenizer.pad_token_id)
+        # plain HF use: the tokenizer's own batch (bos + text + eos, right-padded) scores the same
+        batch = tokenizer(["<s>12+30=42</s>", "<s>12+30=41</s>"], add_special_tokens=False, return_tensors="pt")
+        theirs = model(**batch).logits[:, 0]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert result["metrics"]["accuracyAfter"] >= 0.0 and "rewardMarginAfter" in result["metrics"]
