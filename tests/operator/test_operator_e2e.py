@@ -121,6 +121,7 @@ def ci_copy(name: str, steps: int = 6, checkpoint_every: int = 3, **stage_extra)
     """pipelines/quickstart.yaml, CI-sized: fewer steps and examples, a small held-out set."""
     document = yaml.safe_load((REPO / "pipelines" / "quickstart.yaml").read_text())
     document["metadata"]["name"] = name
+    document["spec"]["stages"] = document["spec"]["stages"][:1]  # its sft stage only (the rl stage follows it)
     stage = document["spec"]["stages"][0]
     stage["hyperparameters"].update(maxSteps=steps, checkpointEvery=checkpoint_every, logEvery=1, evalSize=8, warmupSteps=1)
     stage["datasets"]["train"]["size"] = 200

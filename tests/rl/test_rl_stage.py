@@ -97,3 +97,23 @@ def test_ppo_records_value_loss_and_a_finite_loss(uninterrupted):
         assert record["logprob_gap"] < 1e-3  # the colocated engine samples with the trainer's own weights
         assert 0.0 <= record["clip_fraction"] <= 1.0
     assert STATUS_KEYS <= set(expected["metrics"])
+
+
+def test_every_round_metric_is_in_the_prometheus_table(uninterrupted):
+    import re
+
+    from alignops.metrics import names
+    from alignops.workloads import rl
+
+    base, _ = uninterrupted
+    doc = rl.__doc__
+    for record in metrics_records(base / "metrics.jsonl"):
+        for key, value in record.items():
+            if key in ("time", "round") or not isinstance(value, (int, float)):
+                continue
+            listed = "reward_<function>" if key.startswith("reward_") and key not in ("reward_mean", "reward_std") else key
+            assert re.search(rf"(^|[ ,]){re.escape(listed)}([ ,]|$)", doc, re.M), f"{key} is not in rl.py's metrics table"
+            assert names.record_metric(key).name.startswith("alignops_stage_")
+    for key in ("reward_mean", "kl", "logprob_gap", "tokens_per_second_generate", "time_generate", "clip_fraction"):
+        series = names.record_metric(key).name
+        assert series in doc or series.split("alignops_stage")[1] in doc, (key, series)

@@ -12,7 +12,8 @@ import torch
 from torch.testing import assert_close
 
 from alignops.api.rl import RlHyperparameters
-from alignops.workloads.rl import logprob_gap, round_prompts
+from alignops.workloads.rl_data import round_prompts
+from alignops.workloads.rl_trainer import logprob_gap
 from alignops.workloads.rl_batch import pack
 from alignops.workloads.rl_store import Rollout
 from alignops.workloads.rl_update import PolicyUpdate, RlPlan, minibatch_order, prepare_round

@@ -1,0 +1,46 @@
+"""The rl stage's prompts: training prompts (``prompt`` or chat ``messages``, and ``answer`` for the
+verifiers), the held-out prompts with answers, and which prompts each round reads."""
+
+from __future__ import annotations
+
+import torch
+
+from alignops.api.rl import RlHyperparameters
+from alignops.workloads.context import ConfigError, RunContext
+from alignops.workloads.data import load_records
+from alignops.workloads.sft import held_out_source
+
+
+def prompt_text(record: dict, tokenizer) -> str:
+    """A prompt record's text: ``prompt``, or chat ``messages`` through the tokenizer's template."""
+    if "prompt" in record:
+        return record["prompt"]
+    if "messages" in record:
+        return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
+    raise ConfigError(f"a prompt record needs `prompt` or `messages`; got keys {sorted(record)}")
+
+
+def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[list[dict], list[dict]]:
+    """(training prompts, held-out prompts with answers): records ``{"prompt", "answer"}``."""
+    if ctx.config.datasets is None:
+        raise ConfigError("datasets.train is required for an rl stage (records with `prompt`, and `answer` for verifiers)")
+    options = ctx.storage_options
+    train = [{"prompt": prompt_text(r, tokenizer), "answer": r.get("answer")}
+             for r in load_records(ctx.config.datasets.train, "prompts", options=options)]
+    source, verifiable = held_out_source(ctx, hp.eval_size)
+    held = load_records(source, "prompts", held_out=verifiable, options=options) if source is not None else []
+    held = [{"prompt": prompt_text(r, tokenizer), "answer": str(r["answer"])} for r in held if r.get("answer") is not None]
+    return train, held
+
+
+def round_prompts(prompts: list[dict], hp: RlHyperparameters, round_: int) -> list[dict]:
+    """Round n reads prompts [(n-1)P, nP) of an endless sequence of seeded permutations of the data."""
+    size = len(prompts)
+    orders: dict[int, list[int]] = {}
+    out = []
+    for i in range((round_ - 1) * hp.prompts_per_round, round_ * hp.prompts_per_round):
+        epoch, index = divmod(i, size)
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(size, generator=torch.Generator().manual_seed(hp.seed * 100_003 + epoch)).tolist()
+        out.append(prompts[orders[epoch][index]])
+    return out
