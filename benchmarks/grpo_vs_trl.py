@@ -30,11 +30,11 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SFT_STAGE = {  # the start when --policy is not given: the SFT stage of the rl recipes
+SFT_STAGE = {  # the start when --policy is not given: the SFT stage of the rl recipes (pipelines/quickstart.yaml)
     "name": "sft", "type": "sft",
     "datasets": {"train": {"generator": "arithmetic", "size": 8000, "seed": 1}},
-    "hyperparameters": {"learningRate": 0.003, "batchSize": 64, "maxSteps": 1000, "warmupSteps": 50, "maxLength": 32,
-                        "checkpointEvery": 1000, "logEvery": 50},
+    "hyperparameters": {"learningRate": 0.0015, "lrScheduler": "constant", "batchSize": 64, "maxSteps": 600, "warmupSteps": 50,
+                        "maxLength": 32, "checkpointEvery": 600, "logEvery": 50},
 }
 ARCHITECTURE = {"hiddenSize": 64, "layers": 2, "heads": 4, "maxPositions": 64, "seed": 0}
 
@@ -108,6 +108,7 @@ def run_trl(policy: Path, records: list[dict], args, workdir: Path) -> dict:
     from alignops.workloads.modeling import load_tokenizer
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(policy)
     model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
     # TRL tokenises the prompt text as it is; our stage puts bos first, so the text carries it
@@ -141,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, help="start checkpoint (a Hugging Face directory); default: train one")
     parser.add_argument("--rounds", type=int, default=30, help="generation batches = optimiser steps")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts per generation batch")
+    parser.add_argument("--prompts", type=int, default=32, help="prompts per generation batch")
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-new-tokens", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("ALIGNOPS_CPU_THREADS", "1")),
+                        help="CPU threads of both trainers (our workloads read ALIGNOPS_CPU_THREADS)")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
+    os.environ["ALIGNOPS_CPU_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alignops-grpo-vs-trl-"))
@@ -156,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     trl = run_trl(policy, records, args, workdir)
     completions = args.rounds * args.prompts * args.samples
     print(f"\nGRPO, same start ({policy}), {args.rounds} steps x {args.prompts} prompts x {args.samples} samples "
-          f"= {completions} completions, lr {args.lr}, maxNewTokens {args.max_new_tokens}, torch threads "
-          f"{__import__('torch').get_num_threads()}")
+          f"= {completions} completions, lr {args.lr}, maxNewTokens {args.max_new_tokens}, CPU threads {args.threads} each")
     rows = [
         ("training wall time (s)", ours["wall"], trl["wall"]),
         ("completions / s", completions / ours["wall"], completions / trl["wall"]),

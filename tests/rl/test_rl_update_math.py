@@ -158,3 +158,17 @@ def test_logprob_gap():
     mask = torch.tensor([[True, True], [True, False]])
     assert logprob_gap(rollouts, trainer, mask) == pytest.approx(0.25)
     assert logprob_gap(rollouts[1:], trainer[1:], mask[1:]) is None
+
+
+def test_kl_controller_fixed_adaptive_and_restored():
+    from alignops.algos import AdaptiveKLController, FixedKLController
+    from alignops.workloads.rl_update import kl_controller
+
+    assert isinstance(kl_controller(_hp(kl={"beta": 0.1})), FixedKLController)
+    adaptive = kl_controller(_hp(kl={"beta": 0.1, "target": 0.05, "horizon": 100}))
+    assert isinstance(adaptive, AdaptiveKLController)
+    # KL 0.1 is twice the target: error clipped to +0.2; 50 samples of a horizon of 100:
+    # beta <- 0.1 * (1 + 0.2 * 50 / 100) = 0.11
+    assert adaptive.update(0.1, 50) == pytest.approx(0.11)
+    # a resumed stage starts from the coefficient its checkpoint saved
+    assert kl_controller(_hp(kl={"beta": 0.1, "target": 0.05}), value=0.11).value == pytest.approx(0.11)

@@ -94,6 +94,9 @@ def test_resume_after_sigterm_is_exact(tmp_path):
     resumed = [r for r in _records(tmp_path, "second") if "loss" in r]
     assert resumed[0]["step"] == stopped_at + 1
     assert all(straight_losses[r["step"]] == r["loss"] for r in resumed)
+    # the resumed run reports the first attempt's first loss, not the loss at the resume point
+    first_losses = [json.loads((tmp_path / f"result-{tag}.json").read_text())["metrics"]["lossFirst"] for tag in ("straight", "second")]
+    assert first_losses[0] == first_losses[1]
     a = load_file(tmp_path / "store/default/straight/sft/checkpoint-120/model.safetensors")
     b = load_file(tmp_path / "store/default/resumed/sft/checkpoint-120/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

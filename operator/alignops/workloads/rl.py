@@ -38,7 +38,8 @@ kl_loss                                 alignops_stage_kl_loss                  
 value_loss                              alignops_stage_value_loss                    clipped value loss (ppo)
 clip_fraction                           alignops_stage_clip_fraction                 share of tokens with an active clip
 entropy                                 alignops_stage_entropy                       policy entropy on its samples
-response_length_mean, _max              alignops_stage_response_length_mean, _max    tokens per response
+response_length_mean                    alignops_stage_response_length_mean          mean tokens per response
+response_length_max                     alignops_stage_response_length_max           longest response, tokens
 response_clip_ratio                     alignops_stage_response_clip_ratio           share cut at maxNewTokens
 tokens_per_second_generate              alignops_stage_generate_tokens_per_second    generated tokens / generate time
 tokens_per_second_train                 alignops_stage_train_tokens_per_second       update tokens / train time

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,15 +10,13 @@ from pydantic import ValidationError
 from alignops.algos.sft import masked_lm_loss
 from alignops.api.common import DatasetSource
 from alignops.api.hyperparameters import SftHyperparameters
-from alignops.metrics.names import snake_case
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data import load_records, tokenize_sft
 from alignops.workloads.entrypoint import StageResult
 from alignops.workloads.evaluation import greedy_accuracy, sft_batch, sft_eval_loss
+from alignops.workloads.outcome import StageRecord
 from alignops.workloads.policy import starting_policy
 from alignops.workloads.training import LossOutput, TrainLoop
-
-EVAL_BEFORE = "eval_before.json"
 
 
 def parse_hyperparameters(model_cls, ctx: RunContext):
@@ -67,10 +64,7 @@ def run(ctx: RunContext) -> StageResult:
     prompt_records = [{"prompt": r["prompt"], "answer": r["completion"]} for r in eval_records] if verifiable else []
     weights = hp.condition_weights
 
-    if start.resume is not None and (start.directory / EVAL_BEFORE).exists():
-        before = json.loads((start.directory / EVAL_BEFORE).read_text())
-    else:
-        before = evaluate(model, tokenizer, eval_examples, prompt_records)
+    record = StageRecord(ctx, start, lambda: evaluate(model, tokenizer, eval_examples, prompt_records))
 
     def loss_fn(net, indices: list[int]) -> LossOutput:
         examples = [train[i] for i in indices]
@@ -84,23 +78,11 @@ def run(ctx: RunContext) -> StageResult:
 
     def save_extra(directory: Path) -> None:
         tokenizer.save_pretrained(str(directory))
-        (directory / EVAL_BEFORE).write_text(json.dumps(before))
+        record.save(directory)
 
     loop = TrainLoop(ctx, model, hp, len(train), loss_fn, save_extra)
     if start.resume is not None:
         loop.restore(start.directory, start.resume)
-    first_loss = loop.last_loss
     final = loop.run()
     after = evaluate(model, tokenizer, eval_examples, prompt_records)
-    # held-out figures as a metrics record too: the dashboard's accuracy panel covers SFT stages
-    ctx.metrics.log({"step": loop.step, "total_steps": loop.total_steps, "round": None,
-                     **{snake_case(name): value for name, value in after.items()}})
-    history = [r["loss"] for r in ctx.metrics.history if "loss" in r]
-    metrics = {"loss": loop.last_loss, "steps": loop.step}
-    if history:
-        metrics["lossFirst"] = history[0] if first_loss is None else first_loss
-    for name, value in before.items():
-        metrics[f"{name}Before"] = value
-    for name, value in after.items():
-        metrics[f"{name}After"] = value
-    return StageResult(checkpoint_uri=final.uri, metrics=metrics)
+    return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, after))
