@@ -44,8 +44,9 @@ MANIFEST = {
                                  "checkpointEvery": 50, "maxLength": 32}},
             {"name": "rl", "type": "rl", "algorithm": "grpo", "policy": {"fromStage": "sft"},
              "datasets": {"train": {"generator": "arithmetic", "size": 64, "seed": 2, "format": "prompts"}},
-             "hyperparameters": {"rounds": 10, "promptsPerRound": 4, "samplesPerPrompt": 4, "maxNewTokens": 6,
-                                 "evalSize": 8, "learningRate": 0.001}},
+             # rounds long enough (a held-out eval each) for a 1 s scrape to see several of them
+             "hyperparameters": {"rounds": 10, "promptsPerRound": 16, "samplesPerPrompt": 8, "maxNewTokens": 6,
+                                 "evalSize": 64, "evalEvery": 1, "learningRate": 0.001}},
         ],
     },
 }

@@ -4,6 +4,7 @@ the deterministic orders of prompts and mini-batches. Values are derived in the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 
@@ -75,7 +76,7 @@ def test_kl_in_the_reward_then_rloo():
 
 
 def test_kl_in_the_loss_leaves_the_advantages_to_the_outcome():
-    hp = _hp(kl={"beta": 0.1})
+    hp = _hp(kl={"beta": 0.1}, miniBatches=2)  # two steps a round: old log-probs come from their own pass
     plan = RlPlan.resolve("grpo", hp)  # in_loss, k3
     tensors, metrics = prepare_round(plan, hp, ToyLM(UNIFORM), ToyLM(REFERENCE), None, _batch(),
                                      torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), None, kl_coef=0.1)
@@ -117,7 +118,7 @@ def test_micro_batch_size_does_not_change_the_step(mode):
     groups = torch.tensor([0, 0, 1, 1, 2, 2])
     results = []
     for micro in (1, 2, 6):
-        hp = _hp(batchSize=micro, lossAggregation=mode, kl={"beta": 0.2})
+        hp = _hp(batchSize=micro, lossAggregation=mode, kl={"beta": 0.2}, ppoEpochs=2)
         plan = RlPlan.resolve("grpo", hp)
         model = ToyLM(table)
         tensors, _ = prepare_round(plan, hp, model, ToyLM(torch.zeros(V, V)), None, batch, scores, groups, None, 0.2)
@@ -128,6 +129,35 @@ def test_micro_batch_size_does_not_change_the_step(mode):
     for table_after, loss in results[1:]:
         assert_close(table_after, results[0][0], atol=1e-6, rtol=1e-5)
         assert loss == pytest.approx(results[0][1], abs=1e-6)
+
+
+def test_a_single_step_round_takes_its_old_log_probs_from_the_update():
+    # one step per round: the update's own forward gives the old log-probs (ratio 1), with the same
+    # step, the same entropy and KL figures and the same filled old log-probs as a separate pass
+    torch.manual_seed(1)
+    table = torch.randn(V, V)
+    batch = pack([[0], [1], [2], [0]], [[1, 2], [0], [3, 1, 2], [2]], pad_token_id=3, device="cpu")
+    scores, groups = torch.tensor([1.0, 0.0, 0.4, 0.6]), torch.tensor([0, 0, 1, 1])
+    hp = _hp(kl={"beta": 0.2}, batchSize=2)
+    results = []
+    for reuse in (True, False):
+        plan = RlPlan.resolve("grpo", hp)
+        assert plan.old_from_update
+        if not reuse:
+            plan = dataclasses.replace(plan, old_from_update=False)
+        model = ToyLM(table)
+        tensors, prep = prepare_round(plan, hp, model, ToyLM(torch.zeros(V, V)), None, batch, scores, groups, None, 0.2)
+        assert (tensors.old_logp is None) == reuse
+        out = PolicyUpdate(plan, hp, model, None, _loop(model), None).run(tensors, 1, 0.2, lambda: None)
+        figures = {**prep, **{k: out[k] for k in ("entropy", "kl") if k in out}}
+        results.append((model.table.detach().clone(), tensors.old_logp, figures["entropy"], figures["kl"], out["loss"]))
+    (table_a, old_a, ent_a, kl_a, loss_a), (table_b, old_b, ent_b, kl_b, loss_b) = results
+    assert_close(table_a, table_b)
+    assert_close(old_a, old_b)
+    assert ent_a == pytest.approx(ent_b, abs=1e-6) and kl_a == pytest.approx(kl_b, abs=1e-6) and loss_a == pytest.approx(loss_b, abs=1e-6)
+    # KL in the reward needs the old log-probs before the advantages: no shortcut then
+    assert not RlPlan.resolve("rloo", _hp(kl={"beta": 0.1})).old_from_update
+    assert not RlPlan.resolve("grpo", _hp(miniBatches=2)).old_from_update
 
 
 def test_minibatch_order_covers_every_rollout_each_epoch_deterministically():

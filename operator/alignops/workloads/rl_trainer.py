@@ -124,6 +124,7 @@ class Trainer:
                                       baseline, kl_coef)
         metrics = self.update.run(tensors, round_, kl_coef, lambda: self._check_stop(round_))
         time_train = time.perf_counter() - started
+        prep.update({k: metrics.pop(k) for k in ("entropy", "kl") if k in metrics})
         if "kl" in prep:
             self.kl.update(prep["kl"], len(rollouts))
         record = {"round": round_, "step": self.loop.step, "total_steps": self.loop.total_steps,

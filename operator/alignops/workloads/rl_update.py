@@ -46,6 +46,10 @@ class RlPlan:
     use_reference: bool
     use_critic: bool
     greedy_baseline: bool
+    # one optimiser step per round and no KL in the reward: the policy has not moved when the step's
+    # forward runs, so its detached log-probs are the old ones and no separate pass is needed (TRL
+    # does the same when num_iterations = 1)
+    old_from_update: bool = False
 
     @classmethod
     def resolve(cls, algorithm: str, hp: RlHyperparameters) -> "RlPlan":
@@ -59,6 +63,7 @@ class RlPlan:
             use_reference=hp.kl.beta > 0,
             use_critic=algorithm == "ppo",
             greedy_baseline=algorithm == "remax",
+            old_from_update=hp.ppo_epochs * hp.mini_batches == 1 and not (placement == "in_reward" and hp.kl.beta > 0),
         )
 
 
@@ -75,11 +80,22 @@ class RoundTensors:
     """The round's fixed inputs of the update, all (B, T) except scores (B,)."""
 
     batch: TokenBatch
-    old_logp: torch.Tensor
+    old_logp: torch.Tensor | None  # None until the update's forward fills it (RlPlan.old_from_update)
     ref_logp: torch.Tensor | None
     old_values: torch.Tensor | None
     advantages: torch.Tensor
     returns: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+
+def policy_figures(plan: RlPlan, t: RoundTensors) -> dict[str, float]:
+    """Entropy of the policy on its samples and the KL estimate to the reference (token means)."""
+    mask = t.batch.response_mask
+    figures = {"entropy": float(masked_mean(t.entropy, mask))}
+    if t.ref_logp is not None:
+        kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(t.old_logp, t.ref_logp), torch.zeros_like(t.old_logp))
+        figures["kl"] = float(masked_mean(kl, mask))
+    return figures
 
 
 @torch.no_grad()
@@ -94,18 +110,19 @@ def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic
     """
     mask = batch.response_mask
     chunk = hp.batch_size
-    was = policy.training
-    policy.eval()
-    old_logp, entropy = chunked(lambda b: token_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
-    policy.train(was)
+    old_logp = entropy = None
+    if not plan.old_from_update:
+        was = policy.training
+        policy.eval()
+        old_logp, entropy = chunked(lambda b: token_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
+        policy.train(was)
     ref_logp = chunked(lambda b: token_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
     old_values = chunked(lambda b: values_of(critic, b), batch, chunk)[0] if critic is not None else None
-    scores = scores.to(old_logp.device, torch.float32)
-    metrics = {"entropy": float(masked_mean(entropy, mask))}
+    scores = scores.to(mask.device, torch.float32)
+    metrics: dict[str, float] = {}
     kl = None
-    if ref_logp is not None:
+    if ref_logp is not None and old_logp is not None:
         kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(old_logp, ref_logp), torch.zeros_like(old_logp))
-        metrics["kl"] = float(masked_mean(kl, mask))
     token_rewards = None
     if kl is not None and plan.kl_placement == "in_reward" and kl_coef > 0:
         token_rewards = kl_shaped_token_rewards(scores, kl, mask, kl_coef)
@@ -122,7 +139,10 @@ def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic
     )
     advantages, returns = ADVANTAGE_ESTIMATORS.get(plan.estimator)(inputs)
     metrics["advantage_mean"] = float(masked_mean(advantages, mask))
-    return RoundTensors(batch, old_logp, ref_logp, old_values, advantages, returns), metrics
+    tensors = RoundTensors(batch, old_logp, ref_logp, old_values, advantages, returns, entropy)
+    if old_logp is not None:
+        metrics.update(policy_figures(plan, tensors))
+    return tensors, metrics
 
 
 def minibatch_order(hp: RlHyperparameters, round_: int, size: int) -> list[torch.Tensor]:
@@ -160,12 +180,19 @@ class PolicyUpdate:
         n_seqs = len(rows)
         norm = dict(num_global_tokens=n_tokens, num_global_seqs=n_seqs, max_len=hp.max_new_tokens)
         out = {"policy_loss": 0.0, "kl_loss": 0.0, "value_loss": 0.0, "loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0}
+        fill = t.old_logp is None  # the round's only step: this forward's log-probs are the old ones
+        if fill:
+            t.old_logp = torch.zeros(t.batch.response_mask.shape, device=t.advantages.device)
+            t.entropy = torch.zeros_like(t.old_logp)
         for micro in rows.split(hp.batch_size):
             sub = t.batch.select(micro)
             mask = sub.response_mask
             width = mask.shape[1]
             with self._forward():
-                logp, _ = token_logprobs(self.policy, sub, hp.temperature)
+                logp, entropy = token_logprobs(self.policy, sub, hp.temperature, with_entropy=fill)
+            if fill:
+                t.old_logp[micro, :width] = logp.detach().float()
+                t.entropy[micro, :width] = entropy.float()
             pg = ppo_clip_loss(logp, t.old_logp[micro, :width], t.advantages[micro, :width], mask,
                                hp.clip_low, hp.clip_high, hp.dual_clip)
             policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
@@ -207,7 +234,7 @@ class PolicyUpdate:
         steps = minibatch_order(self.hp, round_, len(t.batch))
         for rows in steps:
             should_stop()
-            for key, value in self.step(t, rows.to(t.old_logp.device), kl_coef).items():
+            for key, value in self.step(t, rows.to(t.advantages.device), kl_coef).items():
                 totals[key] = totals.get(key, 0.0) + value
         n = max(1, len(steps))
         metrics = {
@@ -222,4 +249,6 @@ class PolicyUpdate:
         if self.critic is not None:
             metrics["value_loss"] = totals["value_loss"] / n
             metrics["critic_grad_norm"] = totals["critic_grad_norm"] / n
+        if self.plan.old_from_update:
+            metrics.update(policy_figures(self.plan, t))
         return metrics
