@@ -32,6 +32,18 @@ class StageRecord:
             self._first_loss = next((r["loss"] for r in self.ctx.metrics.history if "loss" in r), None)
         return self._first_loss
 
+    def loop(self, start: Starting, hp, dataset_size: int, loss_fn) -> TrainLoop:
+        """The stage's TrainLoop: every checkpoint carries the tokenizer and this record, and a
+        resumed run continues from the stage's last committed checkpoint."""
+        def save_extra(directory: Path) -> None:
+            start.tokenizer.save_pretrained(str(directory))
+            self.save(directory)
+
+        loop = TrainLoop(self.ctx, start.model, hp, dataset_size, loss_fn, save_extra)
+        if start.resume is not None:
+            loop.restore(start.directory, start.resume)
+        return loop
+
     def save(self, directory: Path) -> None:
         """Called by the stage's ``save_extra``: every checkpoint carries the record."""
         (directory / STAGE_RECORD).write_text(json.dumps({"before": self.before, "lossFirst": self.first_loss}))

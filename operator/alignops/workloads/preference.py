@@ -17,7 +17,6 @@ the reference on held-out responses) and, on the demo task, ``answerAccuracy`` (
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 
@@ -32,7 +31,7 @@ from alignops.workloads.pair_eval import answer_accuracy, load_held_out_pairs, p
 from alignops.workloads.policy import initial_model, starting_policy
 from alignops.workloads.reference import ReferenceLogps, freeze
 from alignops.workloads.sft import parse_hyperparameters
-from alignops.workloads.training import LossOutput, TrainLoop
+from alignops.workloads.training import LossOutput
 
 REFERENCE_FREE = ("simpo", "orpo")
 LENGTH_NORMALISED = ("simpo", "orpo")
@@ -172,15 +171,9 @@ def run(ctx: RunContext) -> StageResult:
         metrics = {**batch_metrics(out), "kl_ref": float(kl_ref)}
         return LossOutput(out.losses.mean(), int(scores.lengths.sum()), metrics)
 
-    def save_extra(directory: Path) -> None:
-        tokenizer.save_pretrained(str(directory))
-        record.save(directory)
-
-    loop = TrainLoop(ctx, model, hp, len(items), kto_loss if algorithm == "kto" else pair_loss, save_extra)
+    loop = record.loop(start, hp, len(items), kto_loss if algorithm == "kto" else pair_loss)
     if cache is not None:
         cache.follow(loop.order.epoch_order(0), hp.batch_size * hp.gradient_accumulation_steps)
-    if start.resume is not None:
-        loop.restore(start.directory, start.resume)
     final = loop.run()
     after = evaluate(model, reference or load_reference(untrained=False))
     extra = {"referenceSequencesScored": cache.computed_sequences} if cache is not None else {}

@@ -11,7 +11,6 @@ RRHF's own score), log-prob margins and, on the demo task, ``answerAccuracy``.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,7 @@ from alignops.workloads.outcome import StageRecord
 from alignops.workloads.pair_eval import answer_accuracy, load_held_out_pairs, pair_logps, preference_metrics
 from alignops.workloads.policy import starting_policy
 from alignops.workloads.sft import parse_hyperparameters
-from alignops.workloads.training import LossOutput, TrainLoop
+from alignops.workloads.training import LossOutput
 
 ALGORITHMS = ("rrhf",)
 
@@ -73,12 +72,6 @@ def run(ctx: RunContext) -> StageResult:
         metrics = {"best_nll": float(best_nll.detach().mean()), "rank_loss": float((losses - best_nll).detach().mean())}
         return LossOutput(losses.mean(), int(scores.lengths.sum()), metrics)
 
-    def save_extra(directory: Path) -> None:
-        tokenizer.save_pretrained(str(directory))
-        record.save(directory)
-
-    loop = TrainLoop(ctx, model, hp, len(train), loss_fn, save_extra)
-    if start.resume is not None:
-        loop.restore(start.directory, start.resume)
+    loop = record.loop(start, hp, len(train), loss_fn)
     final = loop.run()
     return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, evaluate(model)))

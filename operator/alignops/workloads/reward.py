@@ -34,7 +34,7 @@ from alignops.workloads.outcome import StageRecord
 from alignops.workloads.pair_eval import HeldOutPairs, load_held_out_pairs
 from alignops.workloads.policy import starting_policy
 from alignops.workloads.sft import parse_hyperparameters
-from alignops.workloads.training import LossOutput, TrainLoop
+from alignops.workloads.training import LossOutput
 
 
 def build_reward_model(arch: Architecture, tokenizer) -> LlamaForSequenceClassification:
@@ -131,13 +131,7 @@ def run(ctx: RunContext) -> StageResult:
         metrics = {"reward_accuracy": float((gap > 0).float().mean()), "reward_margin": float(gap.mean())}
         return LossOutput(loss=loss, tokens=sum(len(e.input_ids) for e in flat), metrics=metrics)
 
-    def save_extra(directory: Path) -> None:
-        tokenizer.save_pretrained(str(directory))
-        record.save(directory)
-
-    loop = TrainLoop(ctx, model, hp, len(train), loss_fn, save_extra)
-    if start.resume is not None:
-        loop.restore(start.directory, start.resume)
+    loop = record.loop(start, hp, len(train), loss_fn)
     final = loop.run()
     after = evaluate(model, held, pad)
     return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, after))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from pydantic import ValidationError
@@ -16,7 +15,7 @@ from alignops.workloads.entrypoint import StageResult
 from alignops.workloads.evaluation import greedy_accuracy, sft_batch, sft_eval_loss
 from alignops.workloads.outcome import StageRecord
 from alignops.workloads.policy import starting_policy
-from alignops.workloads.training import LossOutput, TrainLoop
+from alignops.workloads.training import LossOutput
 
 
 def parse_hyperparameters(model_cls, ctx: RunContext):
@@ -76,13 +75,7 @@ def run(ctx: RunContext) -> StageResult:
         loss = masked_lm_loss(logits.float(), labels, example_weights)
         return LossOutput(loss=loss, tokens=int(attention.sum()), metrics={})
 
-    def save_extra(directory: Path) -> None:
-        tokenizer.save_pretrained(str(directory))
-        record.save(directory)
-
-    loop = TrainLoop(ctx, model, hp, len(train), loss_fn, save_extra)
-    if start.resume is not None:
-        loop.restore(start.directory, start.resume)
+    loop = record.loop(start, hp, len(train), loss_fn)
     final = loop.run()
     after = evaluate(model, tokenizer, eval_examples, prompt_records)
     return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, after))
