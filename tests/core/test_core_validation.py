@@ -93,6 +93,13 @@ def test_cli_validate_exit_codes(tmp_path):
     assert invalid.returncode == 1
     assert "spec.stages[0].hyperparameters.batchSize" in invalid.stderr
 
+    # error text is shown as is: a pattern's [brackets] are not eaten as markup
+    named = sft_job()
+    named["metadata"]["name"] = "Bad_Name"
+    bad.write_text(yaml.safe_dump(named))
+    pattern = run_cli("validate", str(bad))
+    assert pattern.returncode == 1 and "^[a-z]([-a-z0-9]*[a-z0-9])?$" in pattern.stderr.replace("\n", "")
+
     assert run_cli("validate", str(garbled)).returncode == 2
     missing = run_cli("validate", str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2

@@ -194,7 +194,6 @@ def test_labels_find_the_run(settings, quickstart):
     assert built["metadata"]["name"] == "quickstart-sft-a3"
 
 
-@pytest.mark.skipif("rl" not in STAGE_TYPES, reason="no rl stage type")
 def test_split_rl_rollout_runs_use_the_rollout_image(settings):
     split = _job(job_manifest("split", [stage_manifest("rl", "rl", hyperparameters={"placement": "split", "rounds": 2})]))
     rollout = build_stage_job(split, _config(split, "rl", 1, "rollout", 1), settings)
@@ -204,6 +203,14 @@ def test_split_rl_rollout_runs_use_the_rollout_image(settings):
     assert train["spec"]["template"]["spec"]["containers"][0]["image"] == settings.trainer_image
     assert rollout["metadata"]["labels"]["alignops.io/role"] == "rollout"
     assert train["metadata"]["labels"]["alignops.io/round"] == "1"
+
+
+def test_colocated_rl_on_vllm_uses_the_rollout_image(settings):
+    vllm = _job(job_manifest("vl", [stage_manifest("rl", "rl", hyperparameters={"engine": "vllm"})]))
+    plain = _job(job_manifest("tf", [stage_manifest("rl", "rl")]))
+    image = lambda job: build_stage_job(job, _config(job, "rl"), settings)["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    assert image(vllm) == settings.rollout_image
+    assert image(plain) == settings.trainer_image
 
 
 def test_metrics_port_zero_turns_the_port_off(settings, quickstart):

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from alignops.api.validation import InvalidManifest, UnreadableManifest, parse_job
 
@@ -37,7 +38,7 @@ def validate(files: list[Path] = typer.Argument(..., help="AlignmentJob manifest
         try:
             documents = _documents(path)
         except UnreadableManifest as exc:
-            errors.print(f"[red]error[/]: {exc}")
+            errors.print(f"[red]error[/]: {escape(str(exc))}")
             code = max(code, EXIT_UNREADABLE)
             continue
         if not documents:
@@ -48,7 +49,7 @@ def validate(files: list[Path] = typer.Argument(..., help="AlignmentJob manifest
                 job = parse_job(document)
             except InvalidManifest as exc:
                 for error in exc.errors:
-                    errors.print(f"[red]{path}[/]: {error}", markup=True, highlight=False)
+                    errors.print(f"[red]{escape(str(path))}[/]: {escape(str(error))}", highlight=False)
                 code = max(code, EXIT_INVALID)
             else:
                 console.print(f"{path}: AlignmentJob {job.name} is valid ({len(job.spec.stages)} stages: "
@@ -81,14 +82,14 @@ def run(
             raise InvalidManifest([])  # handled below
         job = parse_job(apply_overrides(documents[0], set_values))
     except UnreadableManifest as exc:
-        errors.print(f"[red]error[/]: {exc}")
+        errors.print(f"[red]error[/]: {escape(str(exc))}")
         raise typer.Exit(EXIT_UNREADABLE) from None
     except InvalidManifest as exc:
         for error in exc.errors or ["the file must hold exactly one AlignmentJob"]:
-            errors.print(f"[red]{file}[/]: {error}", highlight=False)
+            errors.print(f"[red]{escape(str(file))}[/]: {escape(str(error))}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
     except ValueError as exc:
-        errors.print(f"[red]--set[/]: {exc}")
+        errors.print(f"[red]--set[/]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INVALID) from None
     raise typer.Exit(run_with_progress(job, workdir, retry_failed, console))
 

@@ -73,12 +73,15 @@ def build_run_configmap(job: AlignmentJob, config: StageRunConfig, name: str | N
 
 
 def stage_image(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings) -> str:
-    """The stage's own image if set, else the operator's rollout image for rollout runs of a split
-    ``rl`` stage and its trainer image for everything else."""
+    """The stage's own image if set, else the operator's rollout image wherever vLLM runs (rollout
+    runs of a split ``rl`` stage, and a colocated one with ``engine: vllm``, whose one process both
+    generates and trains: the rollout image has torch through vLLM's pin) and its trainer image
+    for everything else."""
     stage = job.stage(config.stage)
     if stage.resources.image:
         return stage.resources.image
-    return settings.rollout_image if config.role == "rollout" else settings.trainer_image
+    colocated_vllm = config.role == "all" and getattr(getattr(stage, "hyperparameters", None), "engine", None) == "vllm"
+    return settings.rollout_image if config.role == "rollout" or colocated_vllm else settings.trainer_image
 
 
 def _env(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings) -> list[Obj]:
