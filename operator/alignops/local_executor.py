@@ -33,7 +33,6 @@ from alignops.planner import (
     next_action,
     reconcile_stage_list,
     record_outcome,
-    retry_failed,
 )
 from alignops.runconfig import StageRunConfig
 
@@ -84,10 +83,6 @@ class LocalExecutor:
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=2))
         os.replace(tmp, self.status_path)
-
-    def retry_failed(self, status: JobStatus) -> JobStatus:
-        """Let a Failed job try its failed stage again (from its last checkpoint)."""
-        return retry_failed(status)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, status: JobStatus | None = None) -> JobStatus:

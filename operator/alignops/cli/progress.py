@@ -13,7 +13,7 @@ from rich.table import Table
 from alignops.api.job import AlignmentJob
 from alignops.api.status import JobStatus
 from alignops.local_executor import Interrupted, LocalExecutor, Observer
-from alignops.planner import RunOutcome, parse_time
+from alignops.planner import RunOutcome, parse_time, retry_failed as planner_retry_failed
 
 SUMMARY_METRICS = ("loss", "accuracyBefore", "accuracyAfter", "rewardFirst", "rewardLast")
 
@@ -61,7 +61,7 @@ def run_with_progress(job: AlignmentJob, workdir: Path, retry_failed: bool, cons
     executor = LocalExecutor(job, workdir, Observer(started, advanced, ended, waiting))
     status = executor.load_status()
     if status.phase == "Failed" and retry_failed:
-        status = executor.retry_failed(status)
+        status = planner_retry_failed(status)
     elif status.phase == "Failed":
         console.print(f"[red]{job.name} failed earlier[/]; rerun with --retry-failed to try the failed stage again")
         print_summary(console, executor.load_status(), executor)
