@@ -44,8 +44,9 @@ MANIFEST = {
                                  "checkpointEvery": 50, "maxLength": 32}},
             {"name": "rl", "type": "rl", "algorithm": "grpo", "policy": {"fromStage": "sft"},
              "datasets": {"train": {"generator": "arithmetic", "size": 64, "seed": 2, "format": "prompts"}},
-             # rounds long enough (a held-out eval each) for a 1 s scrape to see several of them
-             "hyperparameters": {"rounds": 10, "promptsPerRound": 16, "samplesPerPrompt": 8, "maxNewTokens": 6,
+             # a round takes ~0.2 s here: 40 of them (a held-out eval each) give a 1 s scrape ~8 chances
+             # to see several rounds (10 rounds were scraped twice, 2 distinct rounds at best)
+             "hyperparameters": {"rounds": 40, "promptsPerRound": 16, "samplesPerPrompt": 8, "maxNewTokens": 6,
                                  "evalSize": 64, "evalEvery": 1, "learningRate": 0.001}},
         ],
     },
@@ -204,7 +205,10 @@ def test_expected_series_of_the_run(cluster_run):
     attempts = {(s["metric"]["stage"], s["metric"]["attempt"]) for s in info}
     assert attempts == {("sft", "1"), ("sft", "2"), ("rl", "1")}
     # rl rounds appear as their own series (round label), training metrics under both stages
-    rounds = {s["metric"].get("round") for s in prometheus.query_range(f"alignops_stage_reward_mean{{{sel}}}", start, end)}
+    # every sample over the run, whatever the range step: a round's series lives ~one scrape
+    window = f"{math.ceil(end - start) + 5}s"
+    scraped = prometheus.query(f"count by (round) (count_over_time(alignops_stage_reward_mean{{{sel}}}[{window}]))", at=end)
+    rounds = {s["metric"].get("round") for s in scraped}
     assert len(rounds) >= 2 and None not in rounds
     stages = {s["metric"]["stage"] for s in prometheus.query_range(f"alignops_stage_loss{{{sel}}}", start, end)}
     assert stages == {"sft", "rl"}
