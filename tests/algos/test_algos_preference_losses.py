@@ -84,6 +84,41 @@ def test_ipo_length_normalised_option():
     assert_close(ipo(x, PreferenceOptions(beta=0.5, ipo_length_normalize=True)).losses, t(4.0))
 
 
+
+def test_rpo_adds_the_chosen_mean_nll():
+    # Z2 with a 4-token chosen response: NLL(y_c) = -(-1) / 4 = 0.25; rpo_alpha = 2 adds 0.5.
+    x = dataclasses.replace(Z2, chosen_lengths=t(4), rejected_lengths=t(2))
+    plain = math.log(1 + math.exp(-1))  # dpo at beta 0.5 (test_dpo_hand_computed)
+    out = dpo(x, PreferenceOptions(beta=0.5, rpo_alpha=2.0))
+    assert_close(out.losses, t(plain + 0.5))
+    # the implicit rewards are DPO's, untouched by the NLL term
+    assert_close(out.chosen_rewards, t(0.5))
+    # ipo at beta 0.5 is (2 - 1)^2 = 1 (test_ipo_hand_computed): 1 + 0.5; cdpo and simpo add the same 0.5
+    assert_close(ipo(x, PreferenceOptions(beta=0.5, rpo_alpha=2.0)).losses, t(1.5))
+    opts = PreferenceOptions(beta=0.5, label_smoothing=0.1)
+    assert_close(cdpo(x, dataclasses.replace(opts, rpo_alpha=2.0)).losses, cdpo(x, opts).losses + 0.5)
+    assert_close(simpo(x, PreferenceOptions(rpo_alpha=2.0)).losses, simpo(x, PreferenceOptions()).losses + 0.5)
+
+
+def test_rpo_gradient_lifts_the_chosen_log_prob():
+    # at z = 0, beta = 0.1: DPO's d/d pc = -0.05 (test_dpo_gradient); the NLL adds -alpha / |y_c| = -1 / 2
+    pc = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
+    x = PreferenceInputs(pc, t(-2.0), t(-1.0), t(-2.0), chosen_lengths=t(2), rejected_lengths=t(2))
+    dpo(x, PreferenceOptions(beta=0.1, rpo_alpha=1.0)).losses.sum().backward()
+    assert_close(pc.grad, t(-0.55))
+
+
+def test_rpo_needs_lengths_and_is_refused_where_meaningless():
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo(Z2, PreferenceOptions(rpo_alpha=1.0))
+    x = dataclasses.replace(Z2, chosen_lengths=t(1), rejected_lengths=t(1))
+    with pytest.raises(ValueError, match="orpo takes no rpo_alpha"):
+        orpo(x, PreferenceOptions(rpo_alpha=1.0))
+    with pytest.raises(ValueError, match="kto takes no rpo_alpha"):
+        kto(KTOInputs(t(-1.0), t(-1.0), torch.tensor([True]), 0.0), PreferenceOptions(rpo_alpha=1.0))
+    with pytest.raises(ValueError, match="rpo_alpha must be >= 0"):
+        PreferenceOptions(rpo_alpha=-1.0)
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dpo_family_matches_direct_formula(seed):
     torch.manual_seed(seed)

@@ -6,7 +6,8 @@ log (detached).
 
 References: DPO (arXiv:2305.18290); cDPO (Mitchell, "A note on DPO with noisy preferences",
 2023); IPO (arXiv:2310.12036); SimPO (arXiv:2405.14734); ORPO (arXiv:2403.07691);
-KTO (arXiv:2402.01306).
+KTO (arXiv:2402.01306); RPO's NLL term (Pang et al., "Iterative Reasoning Preference Optimization",
+arXiv:2404.19733; TRL ``rpo_alpha``; Llama 3's DPO).
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class PreferenceOptions:
         orpo_lambda: ORPO's weight on the odds-ratio term (TRL calls it ``beta``).
         kto_desirable_weight: KTO lambda_D.
         kto_undesirable_weight: KTO lambda_U.
+        rpo_alpha: weight of the chosen response's mean token NLL added to dpo, cdpo, ipo and
+            simpo (RPO, arXiv:2404.19733; TRL ``rpo_alpha``). It keeps the chosen log-prob from
+            falling with the rejected one, which plain DPO allows. 0 (default) is the plain loss;
+            orpo (which has its own SFT term) and kto refuse a non-zero value.
     """
 
     beta: float = 0.1
@@ -103,6 +108,7 @@ class PreferenceOptions:
     orpo_lambda: float = 0.1
     kto_desirable_weight: float = 1.0
     kto_undesirable_weight: float = 1.0
+    rpo_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
@@ -111,6 +117,8 @@ class PreferenceOptions:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.kto_desirable_weight < 0 or self.kto_undesirable_weight < 0:
             raise ValueError("KTO weights must be >= 0")
+        if self.rpo_alpha < 0:
+            raise ValueError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
 
 
 class LossOutput(NamedTuple):
@@ -149,6 +157,20 @@ def _ref_rewards(inputs: PreferenceInputs, beta: float) -> "tuple[Tensor, Tensor
     return chosen.detach(), rejected.detach()
 
 
+def _with_chosen_nll(loss: str, losses: Tensor, inputs: PreferenceInputs, options: PreferenceOptions) -> Tensor:
+    """``losses + rpo_alpha * NLL(y_c)`` with NLL(y_c) = ``-log pi(y_c) / |y_c|``, the chosen
+    response's mean token NLL (RPO); ``losses`` unchanged when ``rpo_alpha`` is 0."""
+    if options.rpo_alpha == 0:
+        return losses
+    _require(loss, inputs, "chosen_lengths")
+    return losses - options.rpo_alpha * inputs.policy_chosen_logps / inputs.chosen_lengths.clamp(min=1)
+
+
+def _refuse_rpo(loss: str, options: PreferenceOptions, why: str) -> None:
+    if options.rpo_alpha != 0:
+        raise ValueError(f"{loss} takes no rpo_alpha ({why}); leave it at 0")
+
+
 def _average_logps(inputs: PreferenceInputs) -> "tuple[Tensor, Tensor]":
     c = inputs.policy_chosen_logps / inputs.chosen_lengths.clamp(min=1)
     r = inputs.policy_rejected_logps / inputs.rejected_lengths.clamp(min=1)
@@ -159,13 +181,14 @@ def _average_logps(inputs: PreferenceInputs) -> "tuple[Tensor, Tensor]":
 def dpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """DPO (arXiv:2305.18290): ``-log sigmoid(beta * z)``, z as in :func:`_dpo_margin`.
 
-    Needs policy and reference log-probs of both responses. Uses ``options.beta``.
+    Needs policy and reference log-probs of both responses. Uses ``options.beta``; with
+    ``options.rpo_alpha`` > 0 adds the chosen NLL (RPO) and needs ``chosen_lengths``.
     """
     _require("dpo", inputs, "ref_chosen_logps", "ref_rejected_logps")
     if options.label_smoothing != 0:
         raise ValueError("dpo has no label smoothing; use preference loss 'cdpo'")
     losses = -F.logsigmoid(options.beta * _dpo_margin(inputs))
-    return LossOutput(losses, *_ref_rewards(inputs, options.beta))
+    return LossOutput(_with_chosen_nll("dpo", losses, inputs, options), *_ref_rewards(inputs, options.beta))
 
 
 @PREFERENCE_LOSSES.register("cdpo")
@@ -179,7 +202,7 @@ def cdpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOption
     eps = options.label_smoothing
     logits = options.beta * _dpo_margin(inputs)
     losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-    return LossOutput(losses, *_ref_rewards(inputs, options.beta))
+    return LossOutput(_with_chosen_nll("cdpo", losses, inputs, options), *_ref_rewards(inputs, options.beta))
 
 
 @PREFERENCE_LOSSES.register("ipo")
@@ -190,6 +213,7 @@ def ipo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions
     length (TRL's behaviour); then the lengths are required.
     """
     _require("ipo", inputs, "ref_chosen_logps", "ref_rejected_logps")
+    nll_term = _with_chosen_nll("ipo", torch.zeros_like(inputs.policy_chosen_logps), inputs, options)
     if options.ipo_length_normalize:
         _require("ipo", inputs, "chosen_lengths", "rejected_lengths")
         lc = inputs.chosen_lengths.clamp(min=1)
@@ -201,7 +225,7 @@ def ipo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions
             ref_rejected_logps=inputs.ref_rejected_logps / lr,
         )
     losses = (_dpo_margin(inputs) - 1 / (2 * options.beta)) ** 2
-    return LossOutput(losses, *_ref_rewards(inputs, options.beta))
+    return LossOutput(losses + nll_term, *_ref_rewards(inputs, options.beta))
 
 
 @PREFERENCE_LOSSES.register("simpo")
@@ -213,7 +237,7 @@ def simpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptio
     """
     _require("simpo", inputs, "chosen_lengths", "rejected_lengths")
     avg_c, avg_r = _average_logps(inputs)
-    losses = -F.logsigmoid(options.beta * (avg_c - avg_r) - options.simpo_gamma)
+    losses = _with_chosen_nll("simpo", -F.logsigmoid(options.beta * (avg_c - avg_r) - options.simpo_gamma), inputs, options)
     return LossOutput(losses, (options.beta * avg_c).detach(), (options.beta * avg_r).detach())
 
 
@@ -235,6 +259,7 @@ def orpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOption
     log-probs. Rewards are ``lambda * average log-prob`` (TRL's logged values).
     """
     _require("orpo", inputs, "chosen_lengths", "rejected_lengths")
+    _refuse_rpo("orpo", options, "its loss already holds the chosen NLL")
     avg_c, avg_r = _average_logps(inputs)
     log_odds = (avg_c - avg_r) - (_log1mexp(avg_c) - _log1mexp(avg_r))
     nll = inputs.chosen_nll if inputs.chosen_nll is not None else -avg_c
@@ -272,6 +297,7 @@ def kto(inputs: KTOInputs, options: PreferenceOptions = PreferenceOptions()) -> 
     """
     if not isinstance(inputs, KTOInputs):
         raise TypeError("kto takes KTOInputs (unpaired examples), not PreferenceInputs")
+    _refuse_rpo("kto", options, "its examples are unpaired")
     beta = options.beta
     logratio = inputs.policy_logps - inputs.ref_logps
     z = torch.as_tensor(inputs.kl_ref, dtype=logratio.dtype, device=logratio.device).detach()

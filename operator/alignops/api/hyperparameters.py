@@ -88,6 +88,11 @@ class PreferenceLossSettings(ApiModel):
     orpo_lambda: float = Field(0.1, ge=0, le=100, description="ORPO: weight of the odds-ratio term beside the SFT term.")
     kto_desirable_weight: float = Field(1.0, ge=0, le=100, description="KTO: weight lambda_D of desirable examples.")
     kto_undesirable_weight: float = Field(1.0, ge=0, le=100, description="KTO: weight lambda_U of undesirable examples.")
+    rpo_alpha: float = Field(
+        0.0, ge=0, le=100,
+        description="RPO: weight of the chosen response's mean token NLL added to dpo, cdpo, ipo or simpo "
+                    "(TRL's rpo_alpha; 1 in the RPO paper); keeps the chosen log-prob from falling. 0 is the plain loss.",
+    )
 
 
 class PreferenceHyperparameters(OptimizerSettings, CheckpointSettings, PreferenceLossSettings):

@@ -42,6 +42,7 @@ def loss_options(hp: PreferenceHyperparameters) -> PreferenceOptions:
         beta=hp.beta, label_smoothing=hp.label_smoothing, ipo_length_normalize=hp.ipo_length_normalize,
         simpo_gamma=hp.simpo_gamma, orpo_lambda=hp.orpo_lambda,
         kto_desirable_weight=hp.kto_desirable_weight, kto_undesirable_weight=hp.kto_undesirable_weight,
+        rpo_alpha=hp.rpo_alpha,
     )
 
 
