@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
 
 import yaml
+from recipe_runs import fmt, print_table as print_table_rows, run_recipe, seconds_cell, stage_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 180.0
@@ -60,26 +57,6 @@ def recipes(names: list[str], types: list[str]) -> list[Path]:
     return found
 
 
-def _seconds(stage: dict) -> float | None:
-    if not stage.get("startTime") or not stage.get("completionTime"):
-        return None
-    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(stage["completionTime"]) - parse(stage["startTime"])).total_seconds()
-
-
-def run_recipe(recipe: Path, workdir: Path, env: dict[str, str]) -> tuple[dict, dict, float]:
-    """(the recipe as parsed, its status, wall seconds of the whole run)."""
-    document = yaml.safe_load(recipe.read_text())
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "alignops.cli.main", "run", str(recipe), "--workdir", str(workdir)],
-                          capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - started
-    status_path = workdir / document["metadata"]["name"] / "status.json"
-    if done.returncode != 0:
-        print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
-    return document, json.loads(status_path.read_text())["status"] if status_path.exists() else {}, wall
-
-
 def rows_of(recipe: Path, document: dict, status: dict, rl) -> list[dict]:
     rows = []
     observed = {s["name"]: s for s in status.get("stages", [])}
@@ -87,7 +64,7 @@ def rows_of(recipe: Path, document: dict, status: dict, rl) -> list[dict]:
         seen = observed.get(stage["name"], {})
         metrics = seen.get("metrics", {})
         row = {"recipe": recipe.name, "stage": stage["name"], "type": stage["type"],
-               "algorithm": stage.get("algorithm") or "-", "phase": seen.get("phase", "-"), "seconds": _seconds(seen),
+               "algorithm": stage.get("algorithm") or "-", "phase": seen.get("phase", "-"), "seconds": stage_seconds(seen),
                "before": metrics.get("accuracyBefore"), "after": metrics.get("accuracyAfter"),
                "loss_first": metrics.get("lossFirst"), "loss": metrics.get("loss"), "checks": []}
         if stage["type"] == "rl" and rl is not None:
@@ -117,24 +94,15 @@ def verdict(row: dict, rl) -> str:
     return "ok" if not problems else "; ".join(problems)
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def print_table(rows: list[dict], rl) -> None:
     columns = ("recipe", "stage", "type", "algorithm", "before", "after", "change", "loss first->last", "seconds", "check")
     table = []
     for row in rows:
         change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
-        loss = f"{_fmt(row['loss_first'])}->{_fmt(row['loss'])}" if row["loss"] is not None else "-"
-        seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
-        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], _fmt(row["before"]), _fmt(row["after"]),
-                      _fmt(change), loss, seconds, verdict(row, rl)])
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        loss = f"{fmt(row['loss_first'])}->{fmt(row['loss'])}" if row["loss"] is not None else "-"
+        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], fmt(row["before"]), fmt(row["after"]),
+                      fmt(change), loss, seconds_cell(row["seconds"]), verdict(row, rl)])
+    print_table_rows(columns, table)
 
 
 def main(argv: list[str] | None = None) -> int:

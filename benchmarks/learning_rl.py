@@ -18,15 +18,12 @@ Exit status 0 when every target is met, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime
 from pathlib import Path
 
 import yaml
+from recipe_runs import fmt, print_table as print_table_rows, run_recipe, seconds_cell, stage_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 300.0
@@ -42,26 +39,6 @@ def rl_recipes(names: list[str]) -> list[Path]:
     return [r for r in recipes if any(s.get("type") == "rl" for s in yaml.safe_load(r.read_text())["spec"]["stages"])]
 
 
-def _seconds(stage: dict) -> float | None:
-    if not stage.get("startTime") or not stage.get("completionTime"):
-        return None
-    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(stage["completionTime"]) - parse(stage["startTime"])).total_seconds()
-
-
-def run_recipe(recipe: Path, workdir: Path) -> tuple[dict, dict, float]:
-    """(the recipe as parsed, its status.json, wall seconds of the whole run)."""
-    document = yaml.safe_load(recipe.read_text())
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "alignops.cli.main", "run", str(recipe), "--workdir", str(workdir)],
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    status_path = workdir / document["metadata"]["name"] / "status.json"
-    if done.returncode != 0:
-        print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
-    return document, json.loads(status_path.read_text())["status"] if status_path.exists() else {}, wall
-
-
 def rows_of(recipe: Path, document: dict, status: dict) -> list[dict]:
     rows = []
     observed = {s["name"]: s for s in status.get("stages", [])}
@@ -69,7 +46,7 @@ def rows_of(recipe: Path, document: dict, status: dict) -> list[dict]:
         seen = observed.get(stage["name"], {})
         metrics = seen.get("metrics", {})
         row = {"recipe": recipe.name, "stage": stage["name"], "type": stage["type"], "algorithm": stage.get("algorithm", "-"),
-               "phase": seen.get("phase", "-"), "seconds": _seconds(seen), "metric": "accuracy",
+               "phase": seen.get("phase", "-"), "seconds": stage_seconds(seen), "metric": "accuracy",
                "before": metrics.get("accuracyBefore"), "after": metrics.get("accuracyAfter"), "target": None}
         if stage["type"] == "rl":
             algorithm = stage.get("algorithm", "grpo")
@@ -96,25 +73,14 @@ def verdict(row: dict) -> str:
     return "ok" if not problems else "; ".join(problems)
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def print_table(rows: list[dict]) -> None:
     columns = ("recipe", "stage", "type", "algorithm", "metric", "before", "after", "change", "seconds", "check")
     table = []
     for row in rows:
         change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
-        seconds = f"{row['seconds']:.0f}" if row["seconds"] is not None else "-"
-        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], row["metric"], _fmt(row["before"]),
-                      _fmt(row["after"]), _fmt(change), seconds, verdict(row)])
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], row["metric"], fmt(row["before"]),
+                      fmt(row["after"]), fmt(change), seconds_cell(row["seconds"]), verdict(row)])
+    print_table_rows(columns, table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,9 @@ MANIFEST = {
         "stages": [
             {"name": "sft", "type": "sft", "backoffLimit": 1,
              "datasets": {"train": {"generator": "arithmetic", "size": 256, "seed": 1}},
-             "hyperparameters": {"learningRate": 0.003, "batchSize": 16, "maxSteps": 200, "logEvery": 2, "evalSize": 8,
-                                 "checkpointEvery": 50, "maxLength": 32}},
+             # 600 steps of a few ms: the kill, sent once a scrape saw step 5, lands long before the end
+             "hyperparameters": {"learningRate": 0.003, "batchSize": 16, "maxSteps": 600, "logEvery": 2, "evalSize": 8,
+                                 "checkpointEvery": 100, "maxLength": 32}},
             {"name": "rl", "type": "rl", "algorithm": "grpo", "policy": {"fromStage": "sft"},
              "datasets": {"train": {"generator": "arithmetic", "size": 64, "seed": 2, "format": "prompts"}},
              # a round takes ~0.2 s here: 40 of them (a held-out eval each) give a 1 s scrape ~8 chances

@@ -427,7 +427,7 @@ def test_deleting_a_running_job_sends_sigterm_then_sigkill(k8s_namespace, node_a
     started = time.monotonic()
     kubectl_ok('delete', 'job', 'sleeper', '--wait=false', namespace=ns)  # kubectl cascades in the background
     k8s_api.wait_gone('v1/pods', ns, run.name, timeout=15)
-    assert 1.0 <= time.monotonic() - started < 10
+    assert 1.0 <= time.monotonic() - started < 30  # the grace period; the upper bound only catches a hang
     assert 'got SIGTERM' in node_agent.logs(ns, run.name)
     assert run.process.returncode == -9
     # The pod was terminating (graceful deletion) and got its final status before it went away.

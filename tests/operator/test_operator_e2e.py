@@ -161,8 +161,10 @@ def test_quickstart_succeeds_and_an_operator_restart_creates_no_duplicate(cluste
     assert table.returncode == 0, table.stderr
     row = next(line.split() for line in table.stdout.splitlines() if line.startswith("quickstart "))
     assert row[:3] == ["quickstart", "Succeeded", "sft"], table.stdout
+    # Events go out after the status write: wait for the last one. An Event queued when the operator
+    # was killed is lost (Events are best effort); none is doubled
+    wait_until(lambda: "Succeeded" in [e["reason"] for e in events_of(api, "quickstart", NS)], 20)
     reasons = [e["reason"] for e in events_of(api, "quickstart", NS)]
-    # an Event queued when the operator was killed is lost (Events are best effort); none is doubled
     assert reasons.count("StageStarted") <= 1 and "StageSucceeded" in reasons and "Succeeded" in reasons
     # the restarted operator serves metrics and health
     assert cluster.operator.healthz()[0] == 200
@@ -177,14 +179,15 @@ def test_quickstart_succeeds_and_an_operator_restart_creates_no_duplicate(cluste
 
 
 def test_a_stage_failing_once_resumes_from_its_checkpoint(cluster: Cluster):
-    apply_manifest(cluster.api, ci_copy("flaky", steps=20, checkpoint_every=4), NS)
+    # 60 steps: the kill, on seeing the first commit, lands long before the run could end
+    apply_manifest(cluster.api, ci_copy("flaky", steps=60, checkpoint_every=10), NS)
     wait_until(lambda: cluster.committed_steps("flaky", "sft"), 90, interval=0.1,
                message=lambda: dump(cluster.api, "flaky", NS))
     run = next(r for r in cluster.agent.pods_of("flaky-sft-a1", NS) if r.process is not None)
     os.killpg(run.process.pid, signal.SIGKILL)  # a crash after a committed checkpoint
     status = cluster.wait_status("flaky", lambda s: s["stages"][0]["attempts"] == 2, 60, "a second attempt")
     resumed_from = max(cluster.committed_steps("flaky", "sft"))
-    assert 4 <= resumed_from < 20
+    assert 10 <= resumed_from < 60
     sft = status["stages"][0]
     assert sft["failures"] == 1
     failed = [e["message"] for e in events_of(cluster.api, "flaky", NS) if e["reason"] == "AttemptFailed"]
@@ -193,8 +196,9 @@ def test_a_stage_failing_once_resumes_from_its_checkpoint(cluster: Cluster):
     assert status["phase"] == "Succeeded", dump(cluster.api, "flaky", NS)
     # attempt 2 counted on from the checkpoint: its first logged step follows the committed one
     steps = [r["step"] for r in cluster.pod_records("flaky-sft-a2") if "step" in r and "loss" in r]
-    assert steps[0] == resumed_from + 1 and steps[-1] == 20, steps
+    assert steps[0] == resumed_from + 1 and steps[-1] == 60, steps
     assert cluster.jobs("flaky") == ["flaky-sft-a1", "flaky-sft-a2"]
+    wait_until(lambda: "Succeeded" in [e["reason"] for e in events_of(cluster.api, "flaky", NS)], 20)
     reasons = [e["reason"] for e in events_of(cluster.api, "flaky", NS)]
     assert reasons.count("StageStarted") == 2 and reasons.count("AttemptFailed") == 1 and "Succeeded" in reasons
 
@@ -212,7 +216,7 @@ def test_exit_78_fails_at_once_with_its_message_and_ttl_deletes_the_job(cluster:
     assert cluster.jobs("misconfigured") == ["misconfigured-sft-a1"]
     finished = time.monotonic()
     cluster.api.wait_gone(AJ, NS, "misconfigured", timeout=30)
-    assert time.monotonic() - finished < 15
+    assert time.monotonic() - finished < 30  # ttl 5 s; the bound only catches a TTL that never fires
     # deleting the AlignmentJob deleted its children (owner references)
     wait_until(lambda: not cluster.jobs("misconfigured") and not cluster.api.list(PODS, NS, "alignops.io/job=misconfigured"), 20)
 
@@ -229,14 +233,14 @@ def test_unschedulable_and_image_pull_failures_show_within_seconds(cluster: Clus
         apply_manifest(cluster.api, no_gpu, NS)
         apply_manifest(cluster.api, bad_image, NS)
         unschedulable = cluster.wait_status("no-gpu", lambda s: condition(s, "Progressing").get("reason") == "Unschedulable",
-                                            15, "Unschedulable")
+                                            30, "Unschedulable")
         pull = cluster.wait_status("bad-image", lambda s: condition(s, "Progressing").get("reason") == "ImagePullBackOff",
-                                   15, "ImagePullBackOff")
-        assert time.monotonic() - started < 15
+                                   30, "ImagePullBackOff")
+        assert time.monotonic() - started < 30
         assert "Insufficient nvidia.com/gpu" in condition(unschedulable, "Progressing")["message"]
         assert "registry.example/missing:1" in condition(pull, "Progressing")["message"]
-        warnings = [(e["type"], e["reason"]) for e in events_of(cluster.api, "no-gpu", NS)]
-        assert ("Warning", "Unschedulable") in warnings
+        # the Event goes out after the condition is written
+        wait_until(lambda: ("Warning", "Unschedulable") in [(e["type"], e["reason"]) for e in events_of(cluster.api, "no-gpu", NS)], 20)
     finally:
         cluster.agent.faults.clear()
         for name in ("no-gpu", "bad-image"):
@@ -247,7 +251,8 @@ def test_unschedulable_and_image_pull_failures_show_within_seconds(cluster: Clus
 
 
 def test_suspend_checkpoints_and_resume_continues(cluster: Cluster):
-    apply_manifest(cluster.api, ci_copy("pausable", steps=150, checkpoint_every=100), NS)
+    # 400 steps: suspended at step 3, the run is still going when the SIGTERM arrives, even on a fast CPU
+    apply_manifest(cluster.api, ci_copy("pausable", steps=400, checkpoint_every=1000), NS)
     wait_until(lambda: any(r.phase == "Running" for r in cluster.agent.pods_of("pausable-sft-a1", NS))
                and len(cluster.pod_records("pausable-sft-a1")) >= 3, 90, interval=0.1,
                message=lambda: dump(cluster.api, "pausable", NS))
@@ -259,7 +264,7 @@ def test_suspend_checkpoints_and_resume_continues(cluster: Cluster):
     # the stopped run committed a checkpoint on SIGTERM (not at a checkpointEvery multiple)
     wait_until(lambda: not any(not r.finished for r in cluster.agent.pods_of("pausable-sft-a1", NS)), 60)
     stopped_at = max(cluster.committed_steps("pausable", "sft"))
-    assert 0 < stopped_at < 150
+    assert 0 < stopped_at < 400
     patch = run_kubectl(cluster.api, "patch", "aj", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}', namespace=NS)
     assert patch.returncode == 0, patch.stderr
     status = cluster.wait_status("pausable", lambda s: s.get("phase") in ("Succeeded", "Failed"), 150, "pausable to finish")
@@ -267,7 +272,7 @@ def test_suspend_checkpoints_and_resume_continues(cluster: Cluster):
     sft = status["stages"][0]
     assert (sft["attempts"], sft["failures"]) == (2, 0)
     steps = [r["step"] for r in cluster.pod_records("pausable-sft-a2") if "step" in r and "loss" in r]
-    assert steps[0] == stopped_at + 1 and steps[-1] == 150
+    assert steps[0] == stopped_at + 1 and steps[-1] == 400
     reasons = [e["reason"] for e in events_of(cluster.api, "pausable", NS)]
     assert "Suspended" in reasons and "Resumed" in reasons
 
