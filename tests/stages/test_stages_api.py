@@ -43,6 +43,8 @@ def test_reward_algorithm_is_left_to_the_data_unless_named():
      "spec.stages[0].hyperparameters.beta", "unknown field 'beta'"),
     ([{"name": "po", "type": "preference", "datasets": DATA, "hyperparameters": {"labelSmoothing": 0.5}}],
      "spec.stages[0].hyperparameters.labelSmoothing", "less than 0.5"),
+    ([{"name": "po", "type": "preference", "algorithm": "kto", "datasets": DATA, "hyperparameters": {"rpoAlpha": 1.0}}],
+     "spec.stages[0]", "rpoAlpha applies to dpo, cdpo, ipo and simpo only"),
 ])
 def test_invalid_comparison_stages_name_their_field(stages, path, message):
     with pytest.raises(InvalidManifest) as caught:
@@ -63,3 +65,16 @@ def test_crd_lists_the_types_and_keeps_fields_to_their_types():
                          ("hyperparameters.rewardMargin", "reward"), ("hyperparameters.rankWeight", "rank")):
         owners = rules[field].split(", ")
         assert owner in owners and "sft" not in owners, (field, owners)
+
+
+def test_the_crd_refuses_rpo_alpha_where_the_validator_does():
+    from core.cel import evaluate_rules
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for algorithm, refused in (("orpo", True), ("kto", True), ("dpo", False), ("simpo", False)):
+        stage = {"name": "po", "type": "preference", "algorithm": algorithm, "datasets": DATA, "hyperparameters": {"rpoAlpha": 1.0}}
+        failures = evaluate_rules(schema, job(stage))
+        assert any("rpoAlpha applies to dpo, cdpo, ipo and simpo only" in f for f in failures) == refused, (algorithm, failures)
+    # rpoAlpha 0 (the default) is fine with any loss
+    assert evaluate_rules(schema, job({"name": "po", "type": "preference", "algorithm": "kto", "datasets": DATA,
+                                       "hyperparameters": {"rpoAlpha": 0.0}})) == []

@@ -29,14 +29,6 @@ def test_dpo_with_label_smoothing_points_to_cdpo(stage_run, tmp_path):
 
 
 
-def test_kto_with_rpo_alpha_is_a_config_error(stage_run, tmp_path):
-    data = {"train": {"generator": "arithmetic", "size": 16, "seed": 1, "format": "unpaired"}}
-    stage = {"name": "p", "type": "preference", "algorithm": "kto", "datasets": data,
-             "hyperparameters": {"rpoAlpha": 1.0, "evalSize": 8}}
-    code, result = stage_run(stage, tmp_path / "store")
-    assert code == EXIT_CONFIG
-    assert "kto takes no rpo_alpha" in result["message"]
-
 def test_unpaired_records_cannot_train_dpo(stage_run, tmp_path):
     data = {"train": {"generator": "arithmetic", "size": 16, "seed": 1, "format": "unpaired"}}
     code, result = stage_run({"name": "p", "type": "preference", "datasets": data, "hyperparameters": {"evalSize": 8}},

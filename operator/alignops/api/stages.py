@@ -61,6 +61,11 @@ class RewardStage(StageBase):
     hyperparameters: RewardHyperparameters = Field(default_factory=RewardHyperparameters, description="Training settings.")
 
 
+# orpo's loss already holds the chosen NLL; kto's examples are unpaired (no chosen response)
+NO_RPO_ALGORITHMS = ("orpo", "kto")
+RPO_MESSAGE = "hyperparameters.rpoAlpha applies to dpo, cdpo, ipo and simpo only (orpo already trains on the chosen NLL; kto has no chosen response): remove it"
+
+
 class PreferenceStage(StageBase):
     """Offline preference optimisation (DPO, cDPO, IPO, SimPO, ORPO on `pairs`; KTO on `unpaired`)
     against a frozen reference."""
@@ -74,6 +79,12 @@ class PreferenceStage(StageBase):
         None, description="Frozen reference model; defaults to the policy's starting checkpoint (unused by simpo and orpo except for the KL metric)."
     )
     hyperparameters: PreferenceHyperparameters = Field(default_factory=PreferenceHyperparameters, description="Training settings.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PreferenceStage":
+        if self.hyperparameters.rpo_alpha != 0 and self.algorithm in NO_RPO_ALGORITHMS:
+            raise ValueError(RPO_MESSAGE)
+        return self
 
 
 class RankStage(StageBase):
@@ -139,7 +150,10 @@ STAGE_TYPES: dict[str, StageType] = {
     # preference: kto reads `unpaired` by default (the workload picks the format per algorithm)
     "preference": StageType(model=PreferenceStage, produces="policy", inputs={"policy": ("policy",), "reference": ("policy",)},
                             algorithms=("dpo", "cdpo", "ipo", "simpo", "orpo", "kto"), default_algorithm="dpo",
-                            dataset_format="pairs"),
+                            dataset_format="pairs",
+                            rules=(("!has(self.hyperparameters) || !has(self.hyperparameters.rpoAlpha) || self.hyperparameters.rpoAlpha == 0.0"
+                                    " || !has(self.algorithm) || !(self.algorithm in [" + ", ".join(f"'{a}'" for a in NO_RPO_ALGORITHMS) + "])",
+                                    RPO_MESSAGE),)),
     "rank": StageType(model=RankStage, produces="policy", inputs={"policy": ("policy",)},
                       algorithms=("rrhf",), default_algorithm="rrhf", dataset_format="rankings"),
     "rl": StageType(
