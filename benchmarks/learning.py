@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from recipe_runs import fmt, print_table as print_table_rows, run_recipe, seconds_cell, stage_seconds
+from recipe_runs import fmt, print_aligned, run_recipe, seconds_cell, stage_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 180.0
@@ -102,7 +102,7 @@ def print_table(rows: list[dict], rl) -> None:
         loss = f"{fmt(row['loss_first'])}->{fmt(row['loss'])}" if row["loss"] is not None else "-"
         table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], fmt(row["before"]), fmt(row["after"]),
                       fmt(change), loss, seconds_cell(row["seconds"]), verdict(row, rl)])
-    print_table_rows(columns, table)
+    print_aligned(columns, table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from recipe_runs import fmt, print_table as print_table_rows, run_recipe, seconds_cell, stage_seconds
+from recipe_runs import fmt, print_aligned, run_recipe, seconds_cell, stage_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 300.0
@@ -80,7 +80,7 @@ def print_table(rows: list[dict]) -> None:
         change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
         table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], row["metric"], fmt(row["before"]),
                       fmt(row["after"]), fmt(change), seconds_cell(row["seconds"]), verdict(row)])
-    print_table_rows(columns, table)
+    print_aligned(columns, table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from operator_harness import (  # noqa: E402
     OperatorProcess,
     create_storage_secret,
     make_bucket,
+    peak_memory_kib,
     pod_env,
 )
 
@@ -123,16 +124,6 @@ def wait_jobs(emulator: CountingEmulator, names: set[str], timeout: float) -> fl
     return max(emulator.jobs_created[n] for n in names)
 
 
-def peak_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def operator_agents(log: list, since: float, until: float) -> collections.Counter:
     """Requests by the operator process (kopf's own client and the kubernetes client), by kind."""
     tally: collections.Counter = collections.Counter()
@@ -155,7 +146,7 @@ def run_minimal(workdir: Path, count: int) -> dict:
     try:
         started = create_all(api, count)
         done = wait_jobs(emulator, {f"bench-{i:04d}-sft-a1" for i in range(count)}, timeout=1200)
-        memory = peak_kib(kopf_run.process.pid)
+        memory = peak_memory_kib(kopf_run.process.pid)
         tally = operator_agents(emulator.log, started, done)
     finally:
         kopf_run.stop()

@@ -44,7 +44,7 @@ def seconds_cell(seconds: float | None) -> str:
     return f"{seconds:.0f}" if seconds is not None else "-"
 
 
-def print_table(columns: tuple[str, ...], table: list[list[str]]) -> None:
+def print_aligned(columns: tuple[str, ...], table: list[list[str]]) -> None:
     """Left-aligned columns, as wide as their widest cell, under a dashed rule."""
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))

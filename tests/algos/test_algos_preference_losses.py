@@ -95,6 +95,9 @@ def test_rpo_adds_the_chosen_mean_nll():
     assert_close(out.chosen_rewards, t(0.5))
     # ipo at beta 0.5 is (2 - 1)^2 = 1 (test_ipo_hand_computed): 1 + 0.5; cdpo and simpo add the same 0.5
     assert_close(ipo(x, PreferenceOptions(beta=0.5, rpo_alpha=2.0)).losses, t(1.5))
+    # length-normalised IPO compares per-token means; the NLL term is the same 0.5
+    normalised = PreferenceOptions(beta=0.5, ipo_length_normalize=True)
+    assert_close(ipo(x, dataclasses.replace(normalised, rpo_alpha=2.0)).losses, ipo(x, normalised).losses + 0.5)
     opts = PreferenceOptions(beta=0.5, label_smoothing=0.1)
     assert_close(cdpo(x, dataclasses.replace(opts, rpo_alpha=2.0)).losses, cdpo(x, opts).losses + 0.5)
     assert_close(simpo(x, PreferenceOptions(rpo_alpha=2.0)).losses, simpo(x, PreferenceOptions()).losses + 0.5)

@@ -83,6 +83,17 @@ def pod_env() -> dict[str, str]:
     }
 
 
+def peak_memory_kib(pid: int) -> int | None:
+    """VmHWM (peak resident memory, KiB) of a live process, from /proc; None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 class OperatorProcess:
     """``python -m alignops.cli.main operator`` against ``api``, with ``ALIGNOPS_*`` settings."""
 
@@ -142,15 +153,7 @@ class OperatorProcess:
 
     def peak_memory_kib(self) -> int | None:
         """VmHWM of the operator process (peak resident memory), from /proc."""
-        if self.process is None:
-            return None
-        try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        except OSError:
-            return None
-        return None
+        return peak_memory_kib(self.process.pid) if self.process is not None else None
 
 
 def apply_manifest(api: ApiServer, manifest: dict[str, Any] | str | Path, namespace: str = "default") -> None:

@@ -28,7 +28,6 @@ def test_dpo_with_label_smoothing_points_to_cdpo(stage_run, tmp_path):
     assert "use preference loss 'cdpo'" in result["message"]
 
 
-
 def test_unpaired_records_cannot_train_dpo(stage_run, tmp_path):
     data = {"train": {"generator": "arithmetic", "size": 16, "seed": 1, "format": "unpaired"}}
     code, result = stage_run({"name": "p", "type": "preference", "datasets": data, "hyperparameters": {"evalSize": 8}},

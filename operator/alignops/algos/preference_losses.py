@@ -213,19 +213,19 @@ def ipo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions
     length (TRL's behaviour); then the lengths are required.
     """
     _require("ipo", inputs, "ref_chosen_logps", "ref_rejected_logps")
-    nll_term = _with_chosen_nll("ipo", torch.zeros_like(inputs.policy_chosen_logps), inputs, options)
+    compared = inputs
     if options.ipo_length_normalize:
         _require("ipo", inputs, "chosen_lengths", "rejected_lengths")
         lc = inputs.chosen_lengths.clamp(min=1)
         lr = inputs.rejected_lengths.clamp(min=1)
-        inputs = PreferenceInputs(
+        compared = PreferenceInputs(
             policy_chosen_logps=inputs.policy_chosen_logps / lc,
             policy_rejected_logps=inputs.policy_rejected_logps / lr,
             ref_chosen_logps=inputs.ref_chosen_logps / lc,
             ref_rejected_logps=inputs.ref_rejected_logps / lr,
         )
-    losses = (_dpo_margin(inputs) - 1 / (2 * options.beta)) ** 2
-    return LossOutput(losses + nll_term, *_ref_rewards(inputs, options.beta))
+    losses = (_dpo_margin(compared) - 1 / (2 * options.beta)) ** 2
+    return LossOutput(_with_chosen_nll("ipo", losses, inputs, options), *_ref_rewards(compared, options.beta))
 
 
 @PREFERENCE_LOSSES.register("simpo")
