@@ -20,8 +20,8 @@ from typing import Callable
 
 from alignops.api.job import AlignmentJob
 from alignops.api.status import JobStatus
+from alignops.contract import EXIT_CONFIG, EXIT_OK, EXIT_SIGTERM, RESULT_PATH_ENV, StageResult, StageRunConfig
 from alignops.planner import (
-    EXIT_SIGTERM,
     Defaults,
     Finished,
     RunOutcome,
@@ -34,7 +34,6 @@ from alignops.planner import (
     reconcile_stage_list,
     record_outcome,
 )
-from alignops.runconfig import StageRunConfig
 
 STOP_GRACE_SECONDS = 120
 
@@ -123,7 +122,7 @@ class LocalExecutor:
         config_path.write_text(config.to_json())
         result_path.unlink(missing_ok=True)
         env = {**os.environ, **self.extra_env,
-               "ALIGNOPS_RESULT_PATH": str(result_path), "ALIGNOPS_METRICS_LOG": str(metrics_path)}
+               RESULT_PATH_ENV: str(result_path), "ALIGNOPS_METRICS_LOG": str(metrics_path)}
         env.pop("ALIGNOPS_METRICS_PORT", None)
         self.observer.stage_started(config, config.hyperparameters.get("maxSteps"))
         offset = metrics_path.stat().st_size if metrics_path.exists() else 0
@@ -167,14 +166,13 @@ class LocalExecutor:
 
 def read_outcome(exit_code: int, result_path: Path) -> RunOutcome:
     try:
-        result = json.loads(result_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        result = {}
+        result = StageResult.decode(result_path.read_text()) or StageResult(None)
+    except OSError:
+        result = StageResult(None)
     if exit_code < 0:  # killed by a signal
         exit_code = 128 - exit_code
-    reason = {0: "Completed", EXIT_SIGTERM: "Suspended", 78: "ConfigurationError"}.get(exit_code, "Error")
+    reason = {EXIT_OK: "Completed", EXIT_SIGTERM: "Suspended", EXIT_CONFIG: "ConfigurationError"}.get(exit_code, "Error")
     if exit_code == 137:
         reason = "Killed"
-    return RunOutcome(exit_code=exit_code, checkpoint_uri=result.get("checkpointUri"),
-                      metrics={k: float(v) for k, v in (result.get("metrics") or {}).items()},
-                      reason=reason, message=result.get("message"))
+    return RunOutcome(exit_code=exit_code, checkpoint_uri=result.checkpoint_uri, metrics=result.metrics,
+                      reason=reason, message=result.message)

@@ -2,8 +2,7 @@
 outcome to the new status. The local executor and the operator both use it, so the stage order,
 the retry rule and the config resolution exist once.
 
-Exit codes of the workload contract: 0 success; 1 failed, worth a retry; 78 configuration error
-(fail at once); 143 stopped by SIGTERM after committing a checkpoint (resume, not a failure).
+The exit codes it reads are the run contract's (``alignops.contract``).
 """
 
 from __future__ import annotations
@@ -14,13 +13,8 @@ from datetime import datetime, timedelta, timezone
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
 from alignops.api.status import Condition, JobStatus, StageStatus
-from alignops.runconfig import Inputs, JobRef, StageRunConfig, StorageTarget
+from alignops.contract import EXIT_CONFIG, EXIT_OK, EXIT_SIGTERM, Inputs, JobRef, StageRunConfig, StorageTarget
 from alignops.storage.layout import stage_prefix
-
-EXIT_OK = 0
-EXIT_RETRY = 1
-EXIT_CONFIG = 78
-EXIT_SIGTERM = 143
 
 RETRY_BASE_SECONDS = 10
 RETRY_MAX_SECONDS = 600

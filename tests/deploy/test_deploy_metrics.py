@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alignops.metrics import names
 from alignops.metrics.workload import StageMetrics, serve_stage_metrics
-from alignops.runconfig import StageRunConfig
+from alignops.contract import StageRunConfig
 
 
 def stage_config(**overrides) -> StageRunConfig:

@@ -23,7 +23,7 @@ from alignops.operator.builders import (
     run_name,
 )
 from alignops.planner import Defaults, initial_status, resolve_run
-from alignops.runconfig import StageRunConfig
+from alignops.contract import StageRunConfig
 
 # checkov findings that are decisions, each with its reason (the scan must show no other failure)
 CHECKOV_SKIPS = {

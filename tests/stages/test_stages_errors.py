@@ -2,7 +2,7 @@
 
 import pytest
 
-from alignops.planner import EXIT_CONFIG
+from alignops.contract import EXIT_CONFIG
 
 DATA = {"train": {"generator": "arithmetic", "size": 16, "seed": 1}}
 

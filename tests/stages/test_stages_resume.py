@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignops.planner import EXIT_OK, EXIT_SIGTERM
+from alignops.contract import EXIT_OK, EXIT_SIGTERM
 from alignops.workloads import context
 
 # 32 pairs, batch 8: 4 steps per epoch; 12 steps = 3 epochs

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignops.planner import EXIT_OK
+from alignops.contract import EXIT_OK
 
 STAGE = {
     "name": "rm", "type": "reward",

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from alignops.api import parse_job
 from alignops.planner import Defaults, initial_status, resolve_run
-from alignops.workloads.entrypoint import RESULT_LIMIT, encode_result
+from alignops.contract import RESULT_LIMIT, StageResult
 from core.manifests import sft_job
 
 pytestmark = pytest.mark.slow
@@ -138,7 +138,7 @@ def test_messages_dataset_from_storage(tmp_path):
 
 def test_result_fits_the_termination_message():
     metrics = {f"metric{i:03d}": 1.0 / (i + 1) for i in range(400)}
-    text = encode_result("s3://bucket/" + "k" * 200, metrics, "m" * 5000)
+    text = StageResult("s3://bucket/" + "k" * 200, metrics, "m" * 5000).encode()
     assert len(text.encode()) <= RESULT_LIMIT
     decoded = json.loads(text)
     assert decoded["checkpointUri"].startswith("s3://bucket/") and decoded["metrics"]

@@ -21,7 +21,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from alignops.metrics import names
-from alignops.runconfig import StageRunConfig
+from alignops.contract import StageRunConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from alignops.operator.names import (
     run_labels,
 )
 from alignops.operator.settings import OperatorSettings
-from alignops.runconfig import StageRunConfig
+from alignops.contract import StageRunConfig
 
 CONFIG_DIR = "/etc/alignops/run"
 CONFIG_KEY = "config.json"

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from alignops.operator.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ROLE, LABEL_ROUND, LABEL_STAGE
-from alignops.planner import EXIT_CONFIG, EXIT_SIGTERM, RunOutcome, parse_time
+from alignops.contract import EXIT_CONFIG, EXIT_SIGTERM, MESSAGE_LIMIT, StageResult
+from alignops.planner import RunOutcome, parse_time
 
 # container waiting reasons that mean "this will not start by itself": shown as the job's condition
 POD_PROBLEMS = {
@@ -25,7 +26,6 @@ POD_PROBLEMS = {
     "CreateContainerError": "CreateContainerError",
     "RunContainerError": "RunContainerError",
 }
-MESSAGE_LIMIT = 1024
 
 
 def _int(value: Any) -> int | None:
@@ -172,28 +172,6 @@ class PodView:
         )
 
 
-def parse_result(message: str | None) -> dict[str, Any]:
-    """The workload's result JSON from a termination message; ``{}`` if it holds none (e.g. the
-    container was killed before writing it)."""
-    if not message:
-        return {}
-    try:
-        value = json.loads(message)
-    except (ValueError, TypeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in (result.get("metrics") or {}).items():
-        try:
-            out[str(key)] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out
-
-
 def pod_outcome(pod: PodView) -> RunOutcome | None:
     """How a finished pod's run ended, for ``planner.record_outcome``; None while it has not ended.
 
@@ -210,24 +188,25 @@ def pod_outcome(pod: PodView) -> RunOutcome | None:
         reason = pod.reason or "PodFailed"
         message = pod.message or f"pod {pod.name} failed before its container ran"
         return RunOutcome(exit_code=1, reason=reason, message=message[:MESSAGE_LIMIT])
-    result = parse_result(term.message)
-    text = result.get("message") if result else (term.message or None)
+    result = StageResult.decode(term.message)
+    text = result.message if result is not None else (term.message or None)
     if text is not None:
         text = str(text)[:MESSAGE_LIMIT]
+    result = result or StageResult(None)
     code = term.exit_code
     if code == 0:
-        return RunOutcome(exit_code=0, checkpoint_uri=result.get("checkpointUri"), metrics=_metrics(result),
+        return RunOutcome(exit_code=0, checkpoint_uri=result.checkpoint_uri, metrics=result.metrics,
                           reason="Completed", message=text)
     if term.reason == "OOMKilled":
-        return RunOutcome(exit_code=code, metrics=_metrics(result), reason="OOMKilled",
+        return RunOutcome(exit_code=code, metrics=result.metrics, reason="OOMKilled",
                           message=text or "the container exceeded its memory limit (resources.memory)")
     if code == EXIT_SIGTERM:
-        return RunOutcome(exit_code=code, metrics=_metrics(result), reason="Terminated",
+        return RunOutcome(exit_code=code, metrics=result.metrics, reason="Terminated",
                           message=text or "stopped by SIGTERM after committing a checkpoint")
     if code == EXIT_CONFIG:
         return RunOutcome(exit_code=code, reason="ConfigurationError", message=text or "configuration error")
     detail = text or (f"killed by signal {term.signal}" if term.signal else term.reason or "")
-    return RunOutcome(exit_code=code, metrics=_metrics(result), reason="Error", message=detail or None)
+    return RunOutcome(exit_code=code, metrics=result.metrics, reason="Error", message=detail or None)
 
 
 def pod_problem(pod: PodView) -> tuple[str, str] | None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignops.runconfig import StageRunConfig
+from alignops.contract import StageRunConfig
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
 from alignops.storage.checkpoints import CheckpointRef
 

@@ -20,10 +20,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from alignops.planner import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, EXIT_SIGTERM
-from alignops.runconfig import StageRunConfig
-
-RESULT_LIMIT = 4096
+from alignops.contract import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RETRY,
+    EXIT_SIGTERM,
+    RESULT_PATH_ENV,
+    StageResult,
+    StageRunConfig,
+)
 
 # stage type -> module with ``run(ctx) -> StageResult``; imported only when that stage runs
 STAGE_MODULES = {
@@ -35,30 +40,12 @@ STAGE_MODULES = {
 }
 
 
-@dataclass
-class StageResult:
-    checkpoint_uri: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 def encode_result(checkpoint_uri: str | None, metrics: dict[str, float], message: str | None = None) -> str:
-    """The result JSON, cut to fit the 4 KB termination message: metrics are dropped (last first)
-    and the message shortened before the checkpoint URI is ever lost."""
-    payload: dict = {"checkpointUri": checkpoint_uri, "metrics": {k: round(float(v), 6) for k, v in metrics.items()}}
-    if message:
-        payload["message"] = message[:1024]
-    text = json.dumps(payload, separators=(",", ":"))
-    while len(text.encode()) > RESULT_LIMIT and payload["metrics"]:
-        payload["metrics"].pop(next(reversed(payload["metrics"])))
-        text = json.dumps(payload, separators=(",", ":"))
-    if len(text.encode()) > RESULT_LIMIT:
-        payload["message"] = payload.get("message", "")[:200]
-        text = json.dumps(payload, separators=(",", ":"))
-    return text
+    return StageResult(checkpoint_uri, metrics, message).encode()
 
 
 def write_result(text: str) -> None:
-    path = os.environ.get("ALIGNOPS_RESULT_PATH")
+    path = os.environ.get(RESULT_PATH_ENV)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)

@@ -25,7 +25,7 @@ from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.comparisons import SequenceScores, sequence_logps, to_comparisons, to_pairs, to_unpaired, tokenize_response
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data import load_records
-from alignops.workloads.entrypoint import StageResult
+from alignops.contract import StageResult
 from alignops.workloads.outcome import StageRecord
 from alignops.workloads.pair_eval import answer_accuracy, load_held_out_pairs, pair_logps, preference_metrics, token_kl
 from alignops.workloads.policy import initial_model, starting_policy

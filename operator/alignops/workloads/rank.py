@@ -19,7 +19,7 @@ from alignops.api.hyperparameters import RankHyperparameters
 from alignops.workloads.comparisons import sequence_logps, to_comparisons, tokenize_response
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data import load_records
-from alignops.workloads.entrypoint import StageResult
+from alignops.contract import StageResult
 from alignops.workloads.outcome import StageRecord
 from alignops.workloads.pair_eval import answer_accuracy, load_held_out_pairs, pair_logps, preference_metrics
 from alignops.workloads.policy import starting_policy

@@ -27,7 +27,7 @@ from alignops.api.hyperparameters import RewardHyperparameters
 from alignops.workloads.comparisons import Comparison, to_comparisons, tokenize_response
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data import SftExample, load_records
-from alignops.workloads.entrypoint import StageResult
+from alignops.contract import StageResult
 from alignops.workloads.evaluation import sft_batch
 from alignops.workloads.modeling import build_model
 from alignops.workloads.outcome import StageRecord

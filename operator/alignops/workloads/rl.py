@@ -70,7 +70,7 @@ import torch
 
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext
-from alignops.workloads.entrypoint import StageResult
+from alignops.contract import StageResult
 from alignops.workloads.policy import starting_policy
 from alignops.workloads.rl_data import load_prompts
 from alignops.workloads.rl_sampling import RoundSampler, engine_for, reward_mix

@@ -14,7 +14,7 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.critic import CRITIC_DIR, build_critic, load_critic
-from alignops.workloads.entrypoint import StageResult
+from alignops.contract import StageResult
 from alignops.workloads.evaluation import greedy_accuracy
 from alignops.workloads.modeling import pick_device
 from alignops.workloads.policy import initial_model, input_checkpoint, starting_policy

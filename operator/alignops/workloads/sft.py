@@ -11,7 +11,7 @@ from alignops.api.common import DatasetSource
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data import load_records, tokenize_sft
-from alignops.workloads.entrypoint import StageResult
+from alignops.contract import StageResult
 from alignops.workloads.evaluation import greedy_accuracy, sft_batch, sft_eval_loss
 from alignops.workloads.outcome import StageRecord
 from alignops.workloads.policy import starting_policy

@@ -10,7 +10,7 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from alignops.planner import EXIT_CONFIG, EXIT_OK, EXIT_SIGTERM
+from alignops.contract import EXIT_CONFIG, EXIT_OK, EXIT_SIGTERM
 from alignops.storage import summary_key
 from alignops.storage.base import ObjectNotFound, StorageError
 

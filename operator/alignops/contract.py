@@ -1,0 +1,131 @@
+"""The run contract: what every executor (``alignops run``, the operator) and every stage run agree
+on, in one place (docs/architecture.md, "The run contract").
+
+- A stage run is started as ``python -m alignops.workloads CONFIG.json`` with a ``StageRunConfig``:
+  the exact bytes a pod (from a ConfigMap) and a local process receive; nothing reaches a workload
+  through hidden globals.
+- It ends with an exit code: ``EXIT_OK`` success; ``EXIT_RETRY`` failed, worth a retry;
+  ``EXIT_CONFIG`` configuration error, fail at once; ``EXIT_SIGTERM`` stopped by SIGTERM after
+  committing a checkpoint (resume, not a failed attempt).
+- It writes its ``StageResult`` (at most ``RESULT_LIMIT`` bytes of JSON) to the path in
+  ``RESULT_PATH_ENV``: on a cluster the container's termination-message path, so the operator reads
+  it from the pod status and never needs storage credentials.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alignops.api.common import Datasets, ModelSource
+
+EXIT_OK = 0
+EXIT_RETRY = 1
+EXIT_CONFIG = 78
+EXIT_SIGTERM = 143
+
+RESULT_PATH_ENV = "ALIGNOPS_RESULT_PATH"
+RESULT_LIMIT = 4096  # bytes: a Kubernetes termination message holds at most 4096
+MESSAGE_LIMIT = 1024
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=None)
+
+
+class StorageTarget(_Wire):
+    uri: str = Field(..., description="Storage root (file:// or s3://).")
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+
+
+class JobRef(_Wire):
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+
+
+class Inputs(_Wire):
+    """Checkpoint URIs resolved from earlier stages (None: use the base model)."""
+
+    policy: str | None = None
+    reference: str | None = None
+    reward_model: str | None = None
+
+
+class StageRunConfig(_Wire):
+    """The resolved configuration of one stage run (the planner's ``resolve_run`` makes it)."""
+
+    job: JobRef
+    stage: str
+    type: str
+    algorithm: str | None = None
+    attempt: int = Field(..., ge=1)
+    role: Literal["all", "rollout", "train"] = "all"
+    round: int | None = None
+    base_model: ModelSource
+    inputs: Inputs = Field(default_factory=Inputs)
+    datasets: Datasets | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    storage: StorageTarget
+    # key of the stage under the storage root: <namespace>/<job>/<stage>
+    stage_key: str
+    # every stage in spec order, for the job summary a stage writes (name -> checkpoint so far)
+    pipeline: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "StageRunConfig":
+        return cls.model_validate_json(text)
+
+
+@dataclass
+class StageResult:
+    """What a stage run reports: its final checkpoint, its metrics, and a message on failure."""
+
+    checkpoint_uri: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str | None = None
+
+    def encode(self) -> str:
+        """The result JSON, cut to fit ``RESULT_LIMIT``: metrics are dropped (last first) and the
+        message shortened before the checkpoint URI is ever lost."""
+        payload: dict = {"checkpointUri": self.checkpoint_uri,
+                         "metrics": {k: round(float(v), 6) for k, v in self.metrics.items()}}
+        if self.message:
+            payload["message"] = self.message[:MESSAGE_LIMIT]
+        text = json.dumps(payload, separators=(",", ":"))
+        while len(text.encode()) > RESULT_LIMIT and payload["metrics"]:
+            payload["metrics"].pop(next(reversed(payload["metrics"])))
+            text = json.dumps(payload, separators=(",", ":"))
+        if len(text.encode()) > RESULT_LIMIT:
+            payload["message"] = payload.get("message", "")[:200]
+            text = json.dumps(payload, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def decode(cls, text: str | None) -> "StageResult | None":
+        """The result in ``text``; None when it holds none (a run killed before writing it). Metrics
+        that are not numbers are skipped."""
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(value, dict):
+            return None
+        metrics: dict[str, float] = {}
+        for key, number in (value.get("metrics") or {}).items():
+            try:
+                metrics[str(key)] = float(number)
+            except (TypeError, ValueError):
+                continue
+        message = value.get("message")
+        return cls(value.get("checkpointUri"), metrics, str(message) if message is not None else None)
