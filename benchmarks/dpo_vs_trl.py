@@ -67,7 +67,7 @@ def trl(args, workdir: Path) -> float:
 
     from alignops.api.common import Architecture
     from alignops.demo import generate
-    from alignops.workloads.modeling import build_model, build_tokenizer
+    from alignops.workloads.models.build import build_model, build_tokenizer
 
     torch.set_num_threads(args.threads)
     tokenizer = build_tokenizer()

@@ -104,8 +104,9 @@ def run_trl(policy: Path, records: list[dict], args, workdir: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from alignops.demo.arithmetic import is_correct
-    from alignops.workloads.evaluation import encode_prompt, greedy_accuracy
-    from alignops.workloads.modeling import load_tokenizer
+    from alignops.workloads.data.batching import encode_prompt
+from alignops.workloads.evaluation.generation import greedy_accuracy
+    from alignops.workloads.models.loading import load_tokenizer
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

@@ -36,7 +36,7 @@ def overrides(document: dict) -> list[str]:
         for key, value in chosen.items():
             values.append(f"stages.{stage['name']}.hyperparameters.{key}={value}")
         train = (stage.get("datasets") or {}).get("train") or {}
-        if "generator" in train and stage["type"] != "rl":
+        if "generator" in train and stage["type"] in ("reward", "preference", "rank"):
             values.append(f"stages.{stage['name']}.datasets.train.size={16 if train.get('format') == 'rankings' else 96}")
     return [arg for value in values for arg in ("--set", value)]
 

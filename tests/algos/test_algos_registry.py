@@ -70,3 +70,26 @@ def test_algos_imports_only_torch_and_stdlib():
                 continue
             offenders += [f"{path.name}: {r}" for r in roots if r not in allowed]
     assert offenders == []
+
+
+def test_every_preference_loss_carries_its_traits():
+    # what the preference stage reads instead of branching on names (docs/algorithms.md)
+    traits = {name: algos.PREFERENCE_LOSSES.traits(name) for name in algos.PREFERENCE_LOSSES}
+    assert {n for n, t in traits.items() if not t.needs_reference} == {"simpo", "orpo"}
+    assert {n for n, t in traits.items() if not t.paired} == {"kto"}
+    assert {n for n, t in traits.items() if t.adds_nll} == {"orpo"}
+    assert {n for n, t in traits.items() if t.length_normalised} == {"simpo", "orpo"}
+    assert algos.REWARD_LOSSES.traits("plackett_luce").whole_rankings
+    assert not algos.REWARD_LOSSES.traits("bradley_terry").whole_rankings
+    with pytest.raises(algos.UnknownNameError, match="known: cdpo, dpo"):
+        algos.PREFERENCE_LOSSES.traits("dpoo")
+
+
+def test_stages_never_branch_on_an_algorithm_name():
+    stages = pathlib.Path(algos.__file__).parents[1] / "workloads" / "stages"
+    names = set(algos.PREFERENCE_LOSSES) | set(algos.REWARD_LOSSES) | set(algos.RANKING_LOSSES)
+    for path in stages.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant)}
+                assert not constants & names, f"{path.name}:{node.lineno} compares with an algorithm name"

@@ -1,4 +1,4 @@
-"""The operator's metrics: the names of alignops.metrics.names, the labels of ARCHITECTURE.md."""
+"""The operator's metrics: the names of alignops.metrics.names, the labels of docs/architecture.md."""
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -46,7 +46,7 @@ def write_config(document: dict, storage: Path, directory: Path, role: str = "al
 # a round (SIGKILL: no chance to clean up; SIGTERM: the stage's own stop path).
 _KILLER = """
 import os, signal, sys
-from alignops.workloads import rl_update
+from alignops.workloads.rl import update as rl_update
 from alignops.workloads.entrypoint import main
 target_round, target_step, signame = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 calls = {"n": 0}

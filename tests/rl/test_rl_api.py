@@ -14,7 +14,7 @@ from alignops.api import InvalidManifest, parse_job
 from alignops.api.crd import build_crd
 from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, REWARD_OPTIONS, RL_ALGORITHMS, KlSettings, RewardName, RlHyperparameters
 from alignops.api.stages import STAGE_TYPES
-from alignops.workloads.rl_rewards import REWARD_FUNCTIONS
+from alignops.workloads.rl.rewards import REWARD_FUNCTIONS
 from core.cel import evaluate_rules
 
 PROMPTS = {"train": {"generator": "arithmetic", "size": 64}}

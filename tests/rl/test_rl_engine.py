@@ -13,9 +13,10 @@ import torch
 from alignops.api.common import Architecture
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import ConfigError
-from alignops.workloads.evaluation import encode_prompt, greedy_completions
-from alignops.workloads.modeling import build_model, build_tokenizer
-from alignops.workloads.rl_batch import pack, token_logprobs
+from alignops.workloads.data.batching import encode_prompt
+from alignops.workloads.evaluation.generation import greedy_completions
+from alignops.workloads.models.build import build_model, build_tokenizer
+from alignops.workloads.rl.batch import pack, response_logprobs
 from alignops.workloads.rollout import EngineInputs, SamplingSettings, make_engine
 from alignops.workloads.rollout.hf import TransformersEngine
 
@@ -62,7 +63,7 @@ def test_engine_logprobs_are_the_trainers(model):
     completions = [c for g in groups for c in g]
     batch = pack([prompts[i // 3] for i in range(6)], [c.token_ids for c in completions], TOKENIZER.pad_token_id, "cpu")
     with torch.no_grad():
-        trainer, _ = token_logprobs(model, batch, temperature=0.7)
+        trainer, _ = response_logprobs(model, batch, temperature=0.7)
     for row, c in enumerate(completions):
         columns = batch.response_mask[row].nonzero().squeeze(-1)
         assert torch.allclose(trainer[row, columns], torch.tensor(c.logprobs), atol=1e-4)

@@ -11,9 +11,10 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from alignops.api.rl import RewardTerm
 from alignops.workloads.context import ConfigError
-from alignops.workloads.modeling import build_tokenizer
-from alignops.workloads.reward import reward_example, reward_scores
-from alignops.workloads.rl_rewards import RewardMix, RewardResources, ScoringBatch, default_terms
+from alignops.workloads.models.build import build_tokenizer
+from alignops.workloads.data.sft import reward_example
+from alignops.workloads.models.scoring import reward_scores
+from alignops.workloads.rl.rewards import RewardMix, RewardResources, ScoringBatch, default_terms
 
 
 def _batch(responses, answers=None, lengths=None, groups=None, max_new_tokens=6):

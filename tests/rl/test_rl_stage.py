@@ -103,7 +103,7 @@ def test_every_round_metric_is_in_the_prometheus_table(uninterrupted):
     import re
 
     from alignops.metrics import names
-    from alignops.workloads import rl
+    from alignops.workloads.rl import stage as rl
 
     base, _ = uninterrupted
     doc = rl.__doc__

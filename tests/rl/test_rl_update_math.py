@@ -13,11 +13,12 @@ import torch
 from torch.testing import assert_close
 
 from alignops.api.rl import RlHyperparameters
-from alignops.workloads.rl_data import round_prompts
-from alignops.workloads.rl_trainer import logprob_gap
-from alignops.workloads.rl_batch import pack
-from alignops.workloads.rl_store import Rollout
-from alignops.workloads.rl_update import PolicyUpdate, RlPlan, minibatch_order, prepare_round
+from alignops.workloads.rl.prompts import round_prompts
+from alignops.workloads.rl.trainer import logprob_gap
+from alignops.workloads.rl.batch import pack
+from alignops.workloads.rl.store import Rollout
+from alignops.workloads.training.loop import TrainLoop
+from alignops.workloads.rl.update import PolicyUpdate, RlPlan, minibatch_order, prepare_round
 
 
 class ToyLM(torch.nn.Module):
@@ -89,10 +90,13 @@ def test_kl_in_the_loss_leaves_the_advantages_to_the_outcome():
     assert metrics["kl"] == pytest.approx((k3(d0) + 2 * k3(d1)) / 3, abs=1e-6)
 
 
-def _loop(model, lr=0.1):
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    return types.SimpleNamespace(optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                                 step=0, tokens_seen=0, last_loss=None)
+def _loop(model, hp, lr=0.1):
+    """The stage's TrainLoop with plain SGD in its engine: a step then moves the weights by exactly
+    lr * gradient, so runs that must take the same step can be compared exactly."""
+    loop = TrainLoop(None, model, hp, None, lambda directory: None, total_steps=100)
+    loop.engine.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    loop.engine.scheduler = torch.optim.lr_scheduler.LambdaLR(loop.engine.optimizer, lambda s: 1.0)
+    return loop
 
 
 def test_first_step_loss_is_minus_the_mean_advantage():
@@ -102,7 +106,7 @@ def test_first_step_loss_is_minus_the_mean_advantage():
     tensors, _ = prepare_round(plan, hp, model, None, None, _batch(), torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), None, 0.0)
     # RLOO: A = +1 on A's two tokens, -1 on B's one; at ratio 1 the clipped surrogate is -A per
     # token; token_mean over the 3 tokens: -(1 + 1 - 1) / 3
-    out = PolicyUpdate(plan, hp, model, None, _loop(model), None).step(tensors, torch.tensor([0, 1]), 0.0)
+    out = PolicyUpdate(plan, hp, model, None, _loop(model, hp)).step(tensors, torch.tensor([0, 1]), 0.0)
     assert out["policy_loss"] == pytest.approx(-1 / 3, abs=1e-6)
     assert out["clipped_tokens"] == 0.0 and out["tokens"] == 3.0
 
@@ -124,7 +128,7 @@ def test_micro_batch_size_does_not_change_the_step(mode):
         tensors, _ = prepare_round(plan, hp, model, ToyLM(torch.zeros(V, V)), None, batch, scores, groups, None, 0.2)
         # the same importance ratios as a later epoch would see: perturb the old log-probs
         tensors.old_logp = tensors.old_logp + 0.3 * batch.response_mask
-        out = PolicyUpdate(plan, hp, model, None, _loop(model), None).step(tensors, torch.arange(6), 0.2)
+        out = PolicyUpdate(plan, hp, model, None, _loop(model, hp)).step(tensors, torch.arange(6), 0.2)
         results.append((model.table.detach().clone(), out["loss"]))
     for table_after, loss in results[1:]:
         assert_close(table_after, results[0][0], atol=1e-6, rtol=1e-5)
@@ -148,7 +152,7 @@ def test_a_single_step_round_takes_its_old_log_probs_from_the_update():
         model = ToyLM(table)
         tensors, prep = prepare_round(plan, hp, model, ToyLM(torch.zeros(V, V)), None, batch, scores, groups, None, 0.2)
         assert (tensors.old_logp is None) == reuse
-        out = PolicyUpdate(plan, hp, model, None, _loop(model), None).run(tensors, 1, 0.2, lambda: None)
+        out = PolicyUpdate(plan, hp, model, None, _loop(model, hp)).run(tensors, 1, 0.2, lambda: None)
         figures = {**prep, **{k: out[k] for k in ("entropy", "kl") if k in out}}
         results.append((model.table.detach().clone(), tensors.old_logp, figures["entropy"], figures["kl"], out["loss"]))
     (table_a, old_a, ent_a, kl_a, loss_a), (table_b, old_b, ent_b, kl_b, loss_b) = results
@@ -192,7 +196,7 @@ def test_logprob_gap():
 
 def test_kl_controller_fixed_adaptive_and_restored():
     from alignops.algos import AdaptiveKLController, FixedKLController
-    from alignops.workloads.rl_update import kl_controller
+    from alignops.workloads.rl.update import kl_controller
 
     assert isinstance(kl_controller(_hp(kl={"beta": 0.1})), FixedKLController)
     adaptive = kl_controller(_hp(kl={"beta": 0.1, "target": 0.05, "horizon": 100}))

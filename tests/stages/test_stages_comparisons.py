@@ -2,8 +2,8 @@
 
 import pytest
 
-from alignops.workloads.comparisons import Comparison, to_comparisons, to_pairs, to_unpaired
-from alignops.workloads.data import DatasetError
+from alignops.workloads.data.comparisons import Comparison, to_comparisons, to_pairs, to_unpaired
+from alignops.workloads.data.records import DatasetError
 
 
 def test_pairs_and_rankings_become_best_first_comparisons():

@@ -7,8 +7,9 @@ import math
 import torch
 
 from alignops.algos.sft import masked_lm_loss
-from alignops.workloads.data import IGNORE_INDEX, tokenize_sft
-from alignops.workloads.modeling import build_tokenizer
+from alignops.algos import IGNORE_INDEX
+from alignops.workloads.data.sft import tokenize_sft
+from alignops.workloads.models.build import build_tokenizer
 
 
 def test_prompt_tokens_are_masked_and_eos_is_learnt():

@@ -3,7 +3,7 @@
 Functions are small and pure; families of interchangeable algorithms are looked up by name in
 registries (``PREFERENCE_LOSSES``, ``REWARD_LOSSES``, ``ADVANTAGE_ESTIMATORS``,
 ``KL_ESTIMATORS``, ``AGGREGATION_MODES``). Formulas and the differences between verl,
-OpenRLHF and TRL are documented in each docstring and in ALGORITHMS.md.
+OpenRLHF and TRL are documented in each docstring and in docs/algorithms.md.
 """
 
 from .advantages import (
@@ -30,6 +30,7 @@ from .kl import (
     k2,
     k3,
     kl_shaped_token_rewards,
+    masked_kl,
 )
 from .logprobs import (
     IGNORE_INDEX,
@@ -50,6 +51,7 @@ from .preference_losses import (
     KTOInputs,
     LossOutput,
     PreferenceInputs,
+    PreferenceLossTraits,
     PreferenceOptions,
     cdpo,
     dpo,
@@ -59,9 +61,9 @@ from .preference_losses import (
     orpo,
     simpo,
 )
-from .ranking_losses import best_response_index, rrhf
+from .ranking_losses import RANKING_LOSSES, best_response_index, rrhf
 from .registry import Registry, UnknownNameError
-from .reward_losses import REWARD_LOSSES, bradley_terry, plackett_luce
+from .reward_losses import REWARD_LOSSES, RewardLossTraits, bradley_terry, plackett_luce
 from .rewards import kimi_length_reward
 from .sft import masked_lm_loss
 
@@ -73,7 +75,10 @@ __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
     "PREFERENCE_LOSSES",
+    "RANKING_LOSSES",
     "REWARD_LOSSES",
+    "PreferenceLossTraits",
+    "RewardLossTraits",
     # log-probs and masked statistics
     "IGNORE_INDEX",
     "token_logprobs",
@@ -132,6 +137,7 @@ __all__ = [
     "k2",
     "k3",
     "kl_shaped_token_rewards",
+    "masked_kl",
     "FixedKLController",
     "AdaptiveKLController",
     # aggregation

@@ -22,6 +22,7 @@ __all__ = [
     "k2",
     "k3",
     "kl_shaped_token_rewards",
+    "masked_kl",
     "FixedKLController",
     "AdaptiveKLController",
 ]
@@ -57,6 +58,12 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """
     d = _log_ratio(logp, ref_logp)
     return torch.exp(-d) + d - 1
+
+
+def masked_kl(estimator: str, logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
+    """(B, T) the named estimator's per-token KL of ``logp`` to ``ref_logp``, 0 outside ``mask``
+    (padding never carries a KL, whatever garbage its log-probs hold)."""
+    return torch.where(mask, KL_ESTIMATORS.get(estimator)(logp, ref_logp), torch.zeros_like(logp))
 
 
 def kl_shaped_token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, beta: float) -> Tensor:

@@ -23,6 +23,7 @@ from .registry import Registry
 
 __all__ = [
     "PREFERENCE_LOSSES",
+    "PreferenceLossTraits",
     "PreferenceInputs",
     "PreferenceOptions",
     "KTOInputs",
@@ -90,7 +91,7 @@ class PreferenceOptions:
         label_smoothing: cDPO's eps, the assumed probability that a label is flipped
             (cdpo only; dpo refuses a non-zero value rather than silently ignoring it).
         ipo_length_normalize: IPO on per-token average log-probs. TRL does this for
-            ``loss_type="ipo"``; OpenRLHF and the IPO formula in ALGORITHMS.md use sums (False).
+            ``loss_type="ipo"``; OpenRLHF and the IPO formula in docs/algorithms.md use sums (False).
         simpo_gamma: SimPO's target reward margin gamma.
         orpo_lambda: ORPO's weight on the odds-ratio term (TRL calls it ``beta``).
         kto_desirable_weight: KTO lambda_D.
@@ -132,6 +133,23 @@ class LossOutput(NamedTuple):
     losses: Tensor
     chosen_rewards: Tensor
     rejected_rewards: Tensor
+
+
+@dataclass(frozen=True)
+class PreferenceLossTraits:
+    """What a stage must know of a loss to feed it, so that it never branches on a name.
+
+    needs_reference: takes reference log-probs (a frozen reference model is loaded).
+    paired: takes chosen/rejected pairs (``PreferenceInputs``); else unpaired labelled examples
+        (``KTOInputs``).
+    adds_nll: holds a chosen-response NLL term of its own (so ``rpo_alpha`` cannot add one).
+    length_normalised: compares per-token mean log-probs, not sums (held-out accuracy follows).
+    """
+
+    needs_reference: bool
+    paired: bool = True
+    adds_nll: bool = False
+    length_normalised: bool = False
 
 
 PreferenceLoss = Callable[..., LossOutput]
@@ -177,7 +195,7 @@ def _average_logps(inputs: PreferenceInputs) -> "tuple[Tensor, Tensor]":
     return c, r
 
 
-@PREFERENCE_LOSSES.register("dpo")
+@PREFERENCE_LOSSES.register("dpo", traits=PreferenceLossTraits(needs_reference=True))
 def dpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """DPO (arXiv:2305.18290): ``-log sigmoid(beta * z)``, z as in :func:`_dpo_margin`.
 
@@ -191,7 +209,7 @@ def dpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions
     return LossOutput(_with_chosen_nll("dpo", losses, inputs, options), *_ref_rewards(inputs, options.beta))
 
 
-@PREFERENCE_LOSSES.register("cdpo")
+@PREFERENCE_LOSSES.register("cdpo", traits=PreferenceLossTraits(needs_reference=True))
 def cdpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """Conservative DPO: labels flipped with probability eps = ``options.label_smoothing``.
 
@@ -205,7 +223,7 @@ def cdpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOption
     return LossOutput(_with_chosen_nll("cdpo", losses, inputs, options), *_ref_rewards(inputs, options.beta))
 
 
-@PREFERENCE_LOSSES.register("ipo")
+@PREFERENCE_LOSSES.register("ipo", traits=PreferenceLossTraits(needs_reference=True))
 def ipo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """IPO (arXiv:2310.12036): ``(z - 1/(2 beta))^2``, regressing z to a fixed margin.
 
@@ -228,7 +246,7 @@ def ipo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions
     return LossOutput(_with_chosen_nll("ipo", losses, inputs, options), *_ref_rewards(compared, options.beta))
 
 
-@PREFERENCE_LOSSES.register("simpo")
+@PREFERENCE_LOSSES.register("simpo", traits=PreferenceLossTraits(needs_reference=False, length_normalised=True))
 def simpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """SimPO (arXiv:2405.14734): reference-free, length-normalised.
 
@@ -248,7 +266,7 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-@PREFERENCE_LOSSES.register("orpo")
+@PREFERENCE_LOSSES.register("orpo", traits=PreferenceLossTraits(needs_reference=False, adds_nll=True, length_normalised=True))
 def orpo(inputs: PreferenceInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """ORPO (arXiv:2403.07691): SFT on the chosen response plus an odds-ratio penalty.
 
@@ -283,7 +301,7 @@ def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor
     return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
 
 
-@PREFERENCE_LOSSES.register("kto")
+@PREFERENCE_LOSSES.register("kto", traits=PreferenceLossTraits(needs_reference=True, paired=False))
 def kto(inputs: KTOInputs, options: PreferenceOptions = PreferenceOptions()) -> LossOutput:
     """KTO (arXiv:2402.01306) on unpaired examples (note: takes :class:`KTOInputs`).
 

@@ -10,9 +10,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["rrhf", "best_response_index"]
+from .registry import Registry
+
+__all__ = ["RANKING_LOSSES", "rrhf", "best_response_index"]
+
+RANKING_LOSSES: Registry = Registry("ranking loss")
 
 
+@RANKING_LOSSES.register("rrhf")
 def rrhf(
     length_normalised_logps: Tensor,
     rewards: Tensor,

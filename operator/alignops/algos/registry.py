@@ -6,7 +6,7 @@ fail loudly and say what would have worked.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Generic, Iterator, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -39,17 +39,26 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: Dict[str, T] = {}
+        self._traits: Dict[str, Any] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@REG.register("dpo")`` stores the decorated object under ``name``."""
+    def register(self, name: str, traits: Any = None) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("dpo", traits=...)`` stores the decorated object under
+        ``name``, with ``traits`` (what callers need to know of it: the data it takes, the models
+        it needs) so that they branch on a trait, never on a name."""
 
         def decorator(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
+            self._traits[name] = traits
             return obj
 
         return decorator
+
+    def traits(self, name: str) -> Any:
+        """The traits registered with ``name``; raises :class:`UnknownNameError` for an unknown one."""
+        self.get(name)
+        return self._traits[name]
 
     def get(self, name: str) -> T:
         """The object registered under ``name``; raises :class:`UnknownNameError` otherwise."""

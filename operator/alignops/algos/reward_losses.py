@@ -6,6 +6,7 @@ Zhu, Jiao, Jordan, "Principled RLHF from pairwise or K-wise comparisons" (arXiv:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -14,12 +15,21 @@ from torch import Tensor
 
 from .registry import Registry
 
-__all__ = ["REWARD_LOSSES", "bradley_terry", "plackett_luce"]
+__all__ = ["REWARD_LOSSES", "RewardLossTraits", "bradley_terry", "plackett_luce"]
+
+
+@dataclass(frozen=True)
+class RewardLossTraits:
+    """whole_rankings: the loss takes (B, K) score tables with a mask; else (better, worse, margin)
+    score pairs."""
+
+    whole_rankings: bool
+
 
 REWARD_LOSSES: Registry[Callable[..., Tensor]] = Registry("reward loss")
 
 
-@REWARD_LOSSES.register("bradley_terry")
+@REWARD_LOSSES.register("bradley_terry", traits=RewardLossTraits(whole_rankings=False))
 def bradley_terry(chosen: Tensor, rejected: Tensor, margin: Optional[Tensor] = None) -> Tensor:
     """Pairwise Bradley-Terry loss ``-log sigmoid(r_c - r_r - m)`` (arXiv:2203.02155).
 
@@ -37,7 +47,7 @@ def bradley_terry(chosen: Tensor, rejected: Tensor, margin: Optional[Tensor] = N
     return -F.logsigmoid(diff)  # logsigmoid is stable for large |diff|
 
 
-@REWARD_LOSSES.register("plackett_luce")
+@REWARD_LOSSES.register("plackett_luce", traits=RewardLossTraits(whole_rankings=True))
 def plackett_luce(scores: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Plackett-Luce negative log-likelihood of a ranking (arXiv:2301.11270).
 

@@ -1,8 +1,8 @@
 """Settings of the online RL stage type ``rl``: rollout, rewards, KL, the policy (and critic) update,
-engine and placement. Formulas and where verl, OpenRLHF and TRL differ: ALGORITHMS.md.
+engine and placement. Formulas and where verl, OpenRLHF and TRL differ: docs/algorithms.md.
 
 Names listed here (algorithms, reward functions, KL estimators, loss aggregation modes) are the keys
-of registries in ``alignops.algos`` and ``alignops.workloads.rl_rewards``; the API cannot import those
+of registries in ``alignops.algos`` and ``alignops.workloads.rl.rewards``; the API cannot import those
 (they import torch), so tests check that the two lists agree.
 """
 

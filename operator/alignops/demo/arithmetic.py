@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from alignops.seeds import RECORD_FORMAT, derive_seed
+
 HELD_OUT_SEED = 20_240_601
 HELD_OUT_BUCKETS = 10  # one bucket in ten is held out
 
@@ -129,5 +131,6 @@ def generate(format: str, size: int, seed: int, held_out: bool = False, max_oper
         raise ValueError(f"unknown dataset format {format!r}; known: {', '.join(sorted(GENERATORS))}")
     task = ArithmeticTask(max_operand=max_operand)
     problems = task.sample(size, seed, held_out)
-    rng = random.Random((HELD_OUT_SEED if held_out else seed) * 7919 + 1)
+    # the formats' own draws (wrong answers, orderings) come from a stream apart from the problems'
+    rng = random.Random(derive_seed(HELD_OUT_SEED if held_out else seed, (RECORD_FORMAT, 1)))
     return list(GENERATORS[format](problems, rng))

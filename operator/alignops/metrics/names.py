@@ -1,7 +1,7 @@
 """Every Prometheus series AlignOps exports, in one table: the stage pods' exporter
 (``alignops.metrics.workload``), the Grafana dashboard, the alerts and the tests read names from here.
 
-Labels (ARCHITECTURE.md): ``aj_namespace``, ``aj_name``, ``stage``, ``round`` -- never ``job`` or
+Labels (docs/architecture.md): ``aj_namespace``, ``aj_name``, ``stage``, ``round`` -- never ``job`` or
 ``namespace``, which Prometheus sets on every target. ``round`` is the RL round as a decimal string, or
 the empty string (Prometheus then drops the label) for stages without rounds.
 
@@ -69,7 +69,7 @@ STAGE_RECORD_METRICS: dict[str, Metric] = {
     "step_time": _stage("step_seconds", "Wall time of the latest optimizer step, seconds."),
     "accuracy": _stage("accuracy", "Held-out accuracy (verifiable tasks), 0..1."),
     "eval_loss": _stage("eval_loss", "Held-out loss."),
-    # RL rounds (ALGORITHMS.md, "Logged per step")
+    # RL rounds (docs/algorithms.md, the rl stage's logged figures)
     "reward_mean": _stage("reward_mean", "Mean reward of the round's sampled responses."),
     "reward_std": _stage("reward_std", "Standard deviation of the round's rewards."),
     "kl": _stage("kl", "KL divergence of the policy to the reference (estimator as configured)."),

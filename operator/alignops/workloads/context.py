@@ -15,6 +15,7 @@ from pathlib import Path
 from alignops.contract import StageRunConfig
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
 from alignops.storage.checkpoints import CheckpointRef
+from alignops.storage.locate import locate
 
 
 class ConfigError(Exception):
@@ -45,6 +46,11 @@ class MetricsSink:
             self.exporter.observe(record)
 
 
+def storage_options(config: StageRunConfig) -> StorageOptions:
+    s = config.storage
+    return StorageOptions(endpoint=s.endpoint, region=s.region, path_style=s.path_style)
+
+
 @dataclass
 class RunContext:
     config: StageRunConfig
@@ -55,8 +61,7 @@ class RunContext:
 
     @property
     def storage_options(self) -> StorageOptions:
-        s = self.config.storage
-        return StorageOptions(endpoint=s.endpoint, region=s.region, path_style=s.path_style)
+        return storage_options(self.config)
 
     def checkpoint_dir(self, ref: CheckpointRef) -> Path:
         """A verified local copy of a committed checkpoint of this stage."""
@@ -68,24 +73,14 @@ class RunContext:
 
     def open_uri(self, uri: str) -> Path:
         """A verified local copy of the committed checkpoint at ``uri`` (another stage's output)."""
-        root, key = _split_checkpoint_uri(uri)
-        store = open_store(root, self.storage_options)
+        if not uri.startswith(("s3://", "file://")):
+            raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
+        store, key = locate(uri, self.storage_options)
         return fetch_checkpoint(store, key, self.scratch / "inputs")
 
 
-def _split_checkpoint_uri(uri: str) -> tuple[str, str]:
-    """A checkpoint URI as (store root, key): the root is the bucket (s3) or / (file)."""
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        return f"s3://{bucket}", key
-    if uri.startswith("file://"):
-        return "file:///", uri[len("file://") :].lstrip("/")
-    raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
-
-
 def make_context(config: StageRunConfig) -> RunContext:
-    options = StorageOptions(endpoint=config.storage.endpoint, region=config.storage.region, path_style=config.storage.path_style)
-    store = open_store(config.storage.uri, options)
+    store = open_store(config.storage.uri, storage_options(config))
     scratch_root = os.environ.get("ALIGNOPS_SCRATCH")
     scratch = Path(tempfile.mkdtemp(prefix="alignops-", dir=scratch_root))
     log_path = os.environ.get("ALIGNOPS_METRICS_LOG")

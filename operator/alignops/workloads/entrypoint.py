@@ -1,21 +1,18 @@
-"""``python -m alignops.workloads CONFIG.json``: run one stage run and map its end to an exit code.
+"""``python -m alignops.workloads CONFIG.json``: run one stage run under the run contract
+(``alignops.contract``) and map how it ended to an exit code and a result.
 
-Exit codes: 0 success; 1 failed, worth a retry; 78 configuration error (message on stderr and in the
-result); 143 stopped by SIGTERM after committing a checkpoint. The result (at most 4 KB of JSON:
-``checkpointUri``, ``metrics``, ``message``) goes to ``ALIGNOPS_RESULT_PATH``: on a cluster the
-container's termination-message path, so the operator never needs storage credentials.
+Configuration errors (``ConfigError``) exit 78 at once; SIGTERM (``StopRequested``, raised after a
+checkpoint is committed) exits 143; every other failure exits 1, worth a retry.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -29,26 +26,16 @@ from alignops.contract import (
     StageResult,
     StageRunConfig,
 )
-
-# stage type -> module with ``run(ctx) -> StageResult``; imported only when that stage runs
-STAGE_MODULES = {
-    "sft": "alignops.workloads.sft",
-    "reward": "alignops.workloads.reward",
-    "preference": "alignops.workloads.preference",
-    "rank": "alignops.workloads.rank",
-    "rl": "alignops.workloads.rl",
-}
+from alignops.workloads.context import ConfigError, RunContext, StopRequested, make_context
+from alignops.workloads.stages import STAGES
+from alignops.workloads.summary import record_summary
 
 
-def encode_result(checkpoint_uri: str | None, metrics: dict[str, float], message: str | None = None) -> str:
-    return StageResult(checkpoint_uri, metrics, message).encode()
-
-
-def write_result(text: str) -> None:
+def write_result(result: StageResult) -> None:
     path = os.environ.get(RESULT_PATH_ENV)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
+        Path(path).write_text(result.encode())
 
 
 def load_config(path: str) -> StageRunConfig:
@@ -59,9 +46,6 @@ def load_config(path: str) -> StageRunConfig:
 
 
 def main(argv: list[str]) -> int:
-    from alignops.workloads.context import ConfigError, make_context
-    from alignops.workloads.summary import record_summary
-
     if len(argv) != 1:
         print("usage: python -m alignops.workloads CONFIG.json", file=sys.stderr)
         return EXIT_CONFIG
@@ -69,45 +53,42 @@ def main(argv: list[str]) -> int:
         config = load_config(argv[0])
     except (FileNotFoundError, ValidationError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        write_result(encode_result(None, {}, f"configuration error: {exc}"))
+        write_result(StageResult(None, {}, f"configuration error: {exc}"))
         return EXIT_CONFIG
-    if config.type not in STAGE_MODULES:
-        message = f"stage type {config.type!r} has no workload; known: {', '.join(sorted(STAGE_MODULES))}"
+    if config.type not in STAGES:
+        message = f"stage type {config.type!r} has no workload; known: {', '.join(sorted(STAGES))}"
         print(message, file=sys.stderr)
-        write_result(encode_result(None, {}, message))
+        write_result(StageResult(None, {}, message))
         return EXIT_CONFIG
     _quiet_libraries()
     started = time.time()
     ctx = None
     try:
         ctx = make_context(config)
-        code, uri, metrics, message = _run_stage(ctx)
+        code, result = _run_stage(ctx)
     except ConfigError as exc:  # raised while opening storage
-        code, uri, metrics, message = EXIT_CONFIG, None, {}, f"configuration error: {exc}"
-        print(message, file=sys.stderr)
-    write_result(encode_result(uri, metrics, message))
+        code, result = EXIT_CONFIG, StageResult(None, {}, f"configuration error: {exc}")
+        print(result.message, file=sys.stderr)
+    write_result(result)
     if ctx is not None:
-        record_summary(ctx, code, uri, metrics, message, started)
+        record_summary(ctx, code, result.checkpoint_uri, result.metrics, result.message, started)
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     return code
 
 
-def _run_stage(ctx) -> tuple[int, str | None, dict[str, float], str | None]:
-    """(exit code, checkpoint URI, metrics, message) of one stage run."""
-    from alignops.workloads.context import ConfigError, StopRequested
-
+def _run_stage(ctx: RunContext) -> tuple[int, StageResult]:
+    """(exit code, result) of one stage run."""
     try:
-        module = importlib.import_module(STAGE_MODULES[ctx.config.type])
-        result: StageResult = module.run(ctx)
-        return EXIT_OK, result.checkpoint_uri, result.metrics, None
+        stage = importlib.import_module(STAGES[ctx.config.type]).STAGE
+        return EXIT_OK, stage(ctx).run()
     except StopRequested as exc:
-        return EXIT_SIGTERM, None, {}, str(exc)
+        return EXIT_SIGTERM, StageResult(None, {}, str(exc))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG, None, {}, f"configuration error: {exc}"
+        return EXIT_CONFIG, StageResult(None, {}, f"configuration error: {exc}")
     except Exception as exc:  # noqa: BLE001 - every other failure is worth a retry
         traceback.print_exc()
-        return EXIT_RETRY, None, {}, f"{type(exc).__name__}: {exc}"
+        return EXIT_RETRY, StageResult(None, {}, f"{type(exc).__name__}: {exc}")
 
 
 def _quiet_libraries() -> None:

@@ -14,74 +14,23 @@ the rollout/trainer gap then also measures the truncation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+import importlib
 
-from alignops.algos.registry import Registry
+from alignops.algos.registry import UnknownNameError
+from alignops.workloads.rollout.base import ENGINES, Completion, EngineInputs, RolloutEngine, SamplingSettings
 
+__all__ = ["ENGINES", "Completion", "EngineInputs", "RolloutEngine", "SamplingSettings", "make_engine"]
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How to sample: ``n`` responses per prompt; ``greedy`` ignores temperature and top-p."""
-
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    greedy: bool = False
-
-
-@dataclass
-class Completion:
-    """One sampled response.
-
-    Attributes:
-        token_ids: (T,) response tokens, up to and including the end-of-sequence token or the token
-            that completed a stop string; nothing after.
-        text: the response decoded without special tokens.
-        logprobs: (T,) the engine's log-probability of each token, or None if it gives none.
-        finish_reason: ``stop`` (eos or a stop string) or ``length`` (cut at max_new_tokens).
-    """
-
-    token_ids: list[int]
-    text: str
-    logprobs: list[float] | None = None
-    finish_reason: str = "stop"
-
-
-class RolloutEngine(Protocol):
-    name: str
-    # prompts per generate() call the stage should send (it checks for SIGTERM between calls)
-    prompts_per_call: int
-
-    def generate(self, prompts: list[list[int]], sampling: SamplingSettings, seed: int) -> list[list[Completion]]:
-        """``prompts``: token ids (bos included). Returns ``len(prompts)`` lists of ``sampling.n``
-        completions, in prompt order; the same seed and weights give the same completions."""
-
-    def update_weights(self, model) -> None:
-        """Sample from ``model``'s current weights from now on (colocated placement, each round)."""
-
-
-@dataclass(frozen=True)
-class EngineInputs:
-    """What a factory may use: the trainer's model and tokenizer, a Hugging Face directory holding the
-    same weights (for engines that load from disk), the stage's hyperparameters and a scratch dir."""
-
-    model: object
-    tokenizer: object
-    model_dir: Callable[[], object]  # -> Path; called only by engines that need a directory
-    hyperparameters: object
-    extra: dict = field(default_factory=dict)
-
-
-ENGINES: Registry[Callable[[EngineInputs], RolloutEngine]] = Registry("rollout engine")
+# engine name -> the module that registers it, imported only when a stage asks for that engine
+ENGINE_MODULES = {
+    "transformers": "alignops.workloads.rollout.hf",
+    "vllm": "alignops.workloads.rollout.vllm_engine",
+}
 
 
 def make_engine(name: str, inputs: EngineInputs) -> RolloutEngine:
     """The engine registered as ``name`` (its module is imported here, so vLLM only when asked)."""
-    if name == "vllm":
-        from alignops.workloads.rollout import vllm_engine  # noqa: F401 - registers itself
-    else:
-        from alignops.workloads.rollout import hf  # noqa: F401 - registers itself
+    if name not in ENGINE_MODULES:
+        raise UnknownNameError(ENGINES.kind, name, tuple(sorted(ENGINE_MODULES)))
+    importlib.import_module(ENGINE_MODULES[name])
     return ENGINES.get(name)(inputs)

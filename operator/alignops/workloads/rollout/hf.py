@@ -16,7 +16,7 @@ import contextlib
 
 import torch
 
-from alignops.workloads.rollout import ENGINES, Completion, EngineInputs, SamplingSettings
+from alignops.workloads.rollout.base import ENGINES, Completion, EngineInputs, SamplingSettings
 
 
 class TransformersEngine:

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from alignops.workloads.context import ConfigError
-from alignops.workloads.rollout import ENGINES, Completion, EngineInputs, SamplingSettings
+from alignops.workloads.rollout.base import ENGINES, Completion, EngineInputs, SamplingSettings
 
 
 def _load_into_worker(worker, weights) -> None:

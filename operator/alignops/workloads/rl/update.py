@@ -8,12 +8,11 @@ Every per-token loss is reduced by ``aggregate_loss`` with the *mini-batch's* to
 counts, so summing the micro-batches' losses gives exactly the whole mini-batch's loss: how a
 mini-batch is cut into micro-batches (``batchSize``) never changes the gradient.
 
-Tensor shapes: B rollouts of the round, T = L-1 next-token columns (``alignops.workloads.rl_batch``).
+Tensor shapes: B rollouts of the round, T = L-1 next-token columns (``alignops.workloads.rl.batch``).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,18 +20,20 @@ import torch
 
 from alignops.algos import (
     ADVANTAGE_ESTIMATORS,
-    KL_ESTIMATORS,
     AdaptiveKLController,
     AdvantageInputs,
     FixedKLController,
     aggregate_loss,
     clipped_value_loss,
     kl_shaped_token_rewards,
+    masked_kl,
     masked_mean,
     ppo_clip_loss,
 )
 from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, RlHyperparameters
-from alignops.workloads.rl_batch import TokenBatch, chunked, token_logprobs, values_of
+from alignops.workloads.rl.batch import TokenBatch, chunked, response_logprobs, values_of
+from alignops.seeds import MINIBATCH_EPOCH, ROUND, derive_seed
+from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def policy_figures(plan: RlPlan, t: RoundTensors) -> dict[str, float]:
     mask = t.batch.response_mask
     figures = {"entropy": float(masked_mean(t.entropy, mask))}
     if t.ref_logp is not None:
-        kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(t.old_logp, t.ref_logp), torch.zeros_like(t.old_logp))
+        kl = masked_kl(plan.kl_estimator, t.old_logp, t.ref_logp, mask)
         figures["kl"] = float(masked_mean(kl, mask))
     return figures
 
@@ -114,15 +115,15 @@ def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic
     if not plan.old_from_update:
         was = policy.training
         policy.eval()
-        old_logp, entropy = chunked(lambda b: token_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
+        old_logp, entropy = chunked(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
         policy.train(was)
-    ref_logp = chunked(lambda b: token_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
+    ref_logp = chunked(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
     old_values = chunked(lambda b: values_of(critic, b), batch, chunk)[0] if critic is not None else None
     scores = scores.to(mask.device, torch.float32)
     metrics: dict[str, float] = {}
     kl = None
     if ref_logp is not None and old_logp is not None:
-        kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(old_logp, ref_logp), torch.zeros_like(old_logp))
+        kl = masked_kl(plan.kl_estimator, old_logp, ref_logp, mask)
     token_rewards = None
     if kl is not None and plan.kl_placement == "in_reward" and kl_coef > 0:
         token_rewards = kl_shaped_token_rewards(scores, kl, mask, kl_coef)
@@ -151,45 +152,38 @@ def minibatch_order(hp: RlHyperparameters, round_: int, size: int) -> list[torch
     ``miniBatches`` near-equal parts."""
     steps = []
     for epoch in range(hp.ppo_epochs):
-        generator = torch.Generator().manual_seed((hp.seed * 1_000_003 + round_) * 101 + epoch)
+        generator = torch.Generator().manual_seed(derive_seed(hp.seed, (ROUND, round_), (MINIBATCH_EPOCH, epoch)))
         steps += [part for part in torch.randperm(size, generator=generator).tensor_split(hp.mini_batches) if len(part)]
     return steps
 
 
 class PolicyUpdate:
-    """Optimiser steps over one round's rollouts with a TrainLoop's optimizer and scheduler (param
-    group 0: the policy; group 1: the critic, clipped separately)."""
+    """Optimiser steps over one round's rollouts through the stage's TrainLoop (param group 0: the
+    policy; group 1: the critic, whose gradient norm the engine clips on its own)."""
 
-    def __init__(self, plan: RlPlan, hp: RlHyperparameters, policy, critic, loop, autocast: torch.dtype | None):
+    def __init__(self, plan: RlPlan, hp: RlHyperparameters, policy, critic, loop: TrainLoop):
         self.plan, self.hp, self.policy, self.critic, self.loop = plan, hp, policy, critic, loop
-        self.autocast = autocast
-
-    def _forward(self):
-        device = next(self.policy.parameters()).device
-        return torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
 
     def step(self, t: RoundTensors, rows: torch.Tensor, kl_coef: float) -> dict[str, float]:
         """One optimiser step on the mini-batch ``rows``; returns its summed figures."""
         hp, plan = self.hp, self.plan
-        optimizer = self.loop.optimizer
-        optimizer.zero_grad(set_to_none=True)
+        autocast = self.loop.engine.autocast
         self.policy.train()
         if self.critic is not None:
             self.critic.train()
         n_tokens = t.batch.response_mask[rows].sum()
-        n_seqs = len(rows)
-        norm = dict(num_global_tokens=n_tokens, num_global_seqs=n_seqs, max_len=hp.max_new_tokens)
-        out = {"policy_loss": 0.0, "kl_loss": 0.0, "value_loss": 0.0, "loss": 0.0, "clipped_tokens": 0.0, "tokens": 0.0}
+        norm = dict(num_global_tokens=n_tokens, num_global_seqs=len(rows), max_len=hp.max_new_tokens)
         fill = t.old_logp is None  # the round's only step: this forward's log-probs are the old ones
         if fill:
             t.old_logp = torch.zeros(t.batch.response_mask.shape, device=t.advantages.device)
             t.entropy = torch.zeros_like(t.old_logp)
-        for micro in rows.split(hp.batch_size):
+
+        def micro_loss(micro: torch.Tensor) -> MicroBatchLoss:
             sub = t.batch.select(micro)
             mask = sub.response_mask
             width = mask.shape[1]
-            with self._forward():
-                logp, entropy = token_logprobs(self.policy, sub, hp.temperature, with_entropy=fill)
+            with autocast():
+                logp, entropy = response_logprobs(self.policy, sub, hp.temperature, with_entropy=fill)
             if fill:
                 t.old_logp[micro, :width] = logp.detach().float()
                 t.entropy[micro, :width] = entropy.float()
@@ -197,36 +191,31 @@ class PolicyUpdate:
                                hp.clip_low, hp.clip_high, hp.dual_clip)
             policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
             loss = policy_loss
+            figures = {"policy_loss": 0.0, "kl_loss": 0.0, "value_loss": 0.0}
             if plan.kl_placement == "in_loss" and t.ref_logp is not None and kl_coef > 0:
-                kl = torch.where(mask, KL_ESTIMATORS.get(plan.kl_estimator)(logp, t.ref_logp[micro, :width]), torch.zeros_like(logp))
+                kl = masked_kl(plan.kl_estimator, logp, t.ref_logp[micro, :width], mask)
                 kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
                 loss = loss + kl_coef * kl_loss
-                out["kl_loss"] += float(kl_loss.detach())
+                figures["kl_loss"] = float(kl_loss.detach())
             if self.critic is not None:
-                with self._forward():
+                with autocast():
                     values = values_of(self.critic, sub)
                 value_loss = aggregate_loss(
                     clipped_value_loss(values, t.old_values[micro, :width], t.returns[micro, :width], hp.critic.value_clip, mask),
                     mask, "token_mean", num_global_tokens=n_tokens)
                 loss = loss + value_loss
-                out["value_loss"] += float(value_loss.detach())
-            loss.backward()
+                figures["value_loss"] = float(value_loss.detach())
             tokens = float(mask.sum())
-            out["policy_loss"] += float(policy_loss.detach())
-            out["loss"] += float(loss.detach())
-            out["clipped_tokens"] += float(pg.clip_fraction) * tokens
-            out["tokens"] += tokens
-            out["train_tokens"] = out.get("train_tokens", 0.0) + float(sub.attention_mask.sum())
-        groups = optimizer.param_groups
-        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(groups[0]["params"], hp.max_grad_norm))
-        if len(groups) > 1:
-            out["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(groups[1]["params"], hp.max_grad_norm))
-        optimizer.step()
-        self.loop.scheduler.step()
-        self.loop.step += 1
-        self.loop.tokens_seen += int(out["train_tokens"])
-        self.loop.last_loss = out["loss"]
-        return out
+            figures.update(policy_loss=float(policy_loss.detach()), clipped_tokens=float(pg.clip_fraction) * tokens,
+                           tokens=tokens)
+            return MicroBatchLoss(loss, int(sub.attention_mask.sum()), figures)
+
+        # every loss is normalised by the whole mini-batch's counts already: no accumulation divisor
+        out = self.loop.optimizer_step(rows.split(hp.batch_size), micro_loss)
+        figures = {**out.metrics, "loss": out.loss, "train_tokens": float(out.tokens), "grad_norm": out.grad_norms[0]}
+        if len(out.grad_norms) > 1:
+            figures["critic_grad_norm"] = out.grad_norms[1]
+        return figures
 
     def run(self, t: RoundTensors, round_: int, kl_coef: float, should_stop: Callable[[], None]) -> dict[str, float]:
         """Every step of the round; ``should_stop()`` is called before each (it raises to stop)."""

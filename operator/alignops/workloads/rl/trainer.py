@@ -1,6 +1,6 @@
 """The rl stage's trainer side: the policy (resumed from the last committed round), the frozen
-reference, the critic (ppo), the optimizer of a TrainLoop (for its commit and restore), the KL
-controller; one round's update, evaluation, commit and metrics record."""
+reference, the critic (ppo), the stage's TrainLoop (its engine steps the optimizer; it commits and
+restores), the KL controller; one round's update, evaluation, commit and metrics record."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import torch
 
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
-from alignops.workloads.critic import CRITIC_DIR, build_critic, load_critic
+from alignops.workloads.rl.critic import CRITIC_DIR, build_critic, load_critic
 from alignops.contract import StageResult
-from alignops.workloads.evaluation import greedy_accuracy
-from alignops.workloads.modeling import pick_device
-from alignops.workloads.policy import initial_model, input_checkpoint, starting_policy
-from alignops.workloads.rl_batch import pack
-from alignops.workloads.rl_store import Rollout, RoundRollouts
-from alignops.workloads.rl_update import PolicyUpdate, RlPlan, kl_controller, prepare_round
-from alignops.workloads.training import TrainLoop
+from alignops.workloads.evaluation.generation import greedy_accuracy
+from alignops.workloads.models.loading import pick_device
+from alignops.workloads.models.reference import freeze
+from alignops.workloads.models.policy import initial_model, input_checkpoint, starting_policy
+from alignops.workloads.rl.batch import pack
+from alignops.workloads.rl.store import Rollout, RoundRollouts
+from alignops.workloads.rl.update import PolicyUpdate, RlPlan, kl_controller, prepare_round
+from alignops.workloads.training.loop import TrainLoop
 
 RL_STATE = "rl_state.json"
 
@@ -44,13 +45,9 @@ class RlState:
         (directory / RL_STATE).write_text(json.dumps(asdict(self)))
 
 
-def _unused_loss(model, indices):
-    raise AssertionError("the rl stage steps its optimizer itself (PolicyUpdate)")
-
-
 class Trainer:
     """The policy (resumed from the stage's last committed round, else its input), the frozen
-    reference, the critic (ppo), the optimizer (a TrainLoop's, for its commit and restore), the KL
+    reference, the critic (ppo), the TrainLoop (optimizer steps, commit and restore), the KL
     controller and the held-out prompts."""
 
     def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan):
@@ -63,18 +60,19 @@ class Trainer:
         inputs = ctx.config.inputs
         self.reference = None
         if plan.use_reference:
-            self.reference = initial_model(ctx, inputs.reference or inputs.policy).model.eval().requires_grad_(False)
+            self.reference = freeze(initial_model(ctx, inputs.reference or inputs.policy).model)
         self.critic = self._critic() if plan.use_critic else None
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         if self.critic is not None:
             groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": hp.critic.learning_rate})
         steps_per_round = hp.ppo_epochs * min(hp.mini_batches, hp.prompts_per_round * hp.samples_per_prompt)
-        self.loop = TrainLoop(ctx, self.model, hp, 1, _unused_loss, self._save_extra, parameters=groups,
-                              total_steps=hp.rounds * steps_per_round)
+        # no dataset pass: PolicyUpdate feeds the loop's optimizer_step its own micro-batches
+        self.loop = TrainLoop(ctx, self.model, hp, None, self._save_extra, total_steps=hp.rounds * steps_per_round,
+                              parameter_groups=groups)
         if start.resume is not None:
             self.loop.restore(start.directory, start.resume)
         self.kl = kl_controller(hp, self.state.kl_coef)
-        self.update = PolicyUpdate(plan, hp, self.model, self.critic, self.loop, self.loop.autocast)
+        self.update = PolicyUpdate(plan, hp, self.model, self.critic, self.loop)
 
     def begin(self, eval_records: list[dict]) -> None:
         """Set the held-out prompts; a fresh stage evaluates its starting policy on them."""
@@ -127,8 +125,9 @@ class Trainer:
         prep.update({k: metrics.pop(k) for k in ("entropy", "kl") if k in metrics})
         if "kl" in prep:
             self.kl.update(prep["kl"], len(rollouts))
-        record = {"round": round_, "step": self.loop.step, "total_steps": self.loop.total_steps,
-                  "lr": self.loop.scheduler.get_last_lr()[0], **batch.stats, **prep, "kl_coef": kl_coef}
+        position = self.loop.state
+        record = {"round": round_, "step": position.step, "total_steps": position.total_steps,
+                  "lr": self.loop.engine.learning_rate(), **batch.stats, **prep, "kl_coef": kl_coef}
         gap = logprob_gap(rollouts, tensors.old_logp, tokens.response_mask)
         if gap is not None:
             record["logprob_gap"] = gap
@@ -143,13 +142,13 @@ class Trainer:
         self.state.kl_coef = self.kl.value
         self.state.history.append({k: record[k] for k in ("round", "reward_mean", "loss", "kl", "accuracy", "logprob_gap",
                                                            "response_length_mean") if k in record})
-        self.loop.round = round_
+        position.round = round_
         self.loop.commit()
         self.ctx.metrics.log(record)
         return record
 
     def result(self) -> StageResult:
-        metrics: dict[str, float] = {"rounds": self.state.rounds_done, "steps": self.loop.step}
+        metrics: dict[str, float] = {"rounds": self.state.rounds_done, "steps": self.loop.state.step}
         for name, value in self.state.before.items():
             metrics[f"{name}Before"] = value
         history = self.state.history

@@ -31,6 +31,9 @@ from alignops.algos.registry import Registry
 from alignops.api.rl import RewardOptions, RewardTerm
 from alignops.demo.arithmetic import is_correct
 from alignops.workloads.context import ConfigError
+from alignops.workloads.data.sft import reward_example
+from alignops.workloads.models.loading import load_reward_model, load_tokenizer
+from alignops.workloads.models.scoring import reward_scores
 
 
 @dataclass
@@ -96,9 +99,6 @@ class RewardModelScorer:
     """Scores with a ``reward`` stage's checkpoint; loaded on first use, frozen."""
 
     def __init__(self, directory: Path, device: torch.device, batch_size: int):
-        from alignops.workloads.modeling import load_tokenizer
-        from alignops.workloads.reward import load_reward_model
-
         self.model = load_reward_model(directory).to(device).eval().requires_grad_(False)
         self.tokenizer = load_tokenizer(directory)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -107,8 +107,6 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, batch: ScoringBatch) -> torch.Tensor:
-        from alignops.workloads.reward import reward_example, reward_scores
-
         examples = [reward_example(p, r, self.tokenizer, self.max_length) for p, r in zip(batch.prompts, batch.responses)]
         scores = [reward_scores(self.model, examples[i : i + self.batch_size], self.tokenizer.pad_token_id)
                   for i in range(0, len(examples), self.batch_size)]

@@ -1,4 +1,4 @@
-"""Held-out evaluation on comparison pairs, for the reward, preference and rank stages.
+"""Held-out figures on comparison pairs, for the reward, preference and rank stages.
 
 Preference accuracy: the share of held-out pairs in which the policy gives the chosen response a
 higher log-probability than the rejected one (summed over response tokens, or per-token mean for
@@ -8,41 +8,14 @@ Reward accuracy: the share in which the reward model scores chosen above rejecte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from alignops.algos import masked_mean
-from alignops.workloads.comparisons import (
-    Comparison,
-    SequenceScores,
-    sequence_logps_batched,
-    to_comparisons,
-    to_pairs,
-    tokenize_response,
-)
-from alignops.workloads.context import ConfigError, RunContext
-from alignops.workloads.data import SftExample, load_records
-from alignops.workloads.evaluation import greedy_accuracy, sft_batch
-from alignops.workloads.sft import held_out_source
-
-
-@dataclass(frozen=True)
-class HeldOutPairs:
-    pairs: list[Comparison]
-    chosen: list[SftExample]
-    rejected: list[SftExample]
-
-    @classmethod
-    def build(cls, pairs: list[Comparison], tokenizer, max_length: int) -> "HeldOutPairs":
-        return cls(
-            pairs,
-            [tokenize_response(p.prompt, p.responses[0], tokenizer, max_length) for p in pairs],
-            [tokenize_response(p.prompt, p.responses[1], tokenizer, max_length) for p in pairs],
-        )
-
-    def __len__(self) -> int:
-        return len(self.pairs)
+from alignops.algos import IGNORE_INDEX, masked_mean
+from alignops.workloads.data.batching import sft_batch
+from alignops.workloads.data.held_out import HeldOutPairs
+from alignops.workloads.data.sft import SftExample
+from alignops.workloads.evaluation.generation import greedy_accuracy
+from alignops.workloads.models.scoring import SequenceScores, reward_scores, sequence_logps_batched
 
 
 def pair_logps(model, held: HeldOutPairs, pad_token_id: int) -> tuple[SequenceScores, SequenceScores]:
@@ -76,7 +49,7 @@ def token_kl(policy, reference, examples: list[SftExample], pad_token_id: int, b
         logp = torch.log_softmax(policy(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float(), -1)
         logq = torch.log_softmax(reference(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float(), -1)
         per_token = (logp.exp() * (logp - logq)).sum(-1)
-        mask = labels[:, 1:] != -100
+        mask = labels[:, 1:] != IGNORE_INDEX
         total += float(masked_mean(per_token, mask)) * int(mask.sum())
         count += int(mask.sum())
     return total / max(1, count)
@@ -88,20 +61,13 @@ def answer_accuracy(model, tokenizer, held: HeldOutPairs) -> float:
     return greedy_accuracy(model, tokenizer, [{"prompt": p.prompt, "answer": p.responses[0]} for p in held.pairs])
 
 
-def load_held_out_pairs(ctx: RunContext, size: int, tokenizer, max_length: int) -> tuple[HeldOutPairs | None, bool]:
-    """The stage's held-out pairs and whether they are the demo generator's verifiable split.
-
-    ``datasets.eval`` (pairs or rankings; a ranking counts as all its pairs) if given; else, for a
-    generated training set, ``size`` pairs of the generator's held-out split (disjoint from every
-    training set), whatever the training format; else None (no held-out figures)."""
-    source, verifiable = held_out_source(ctx, size)
-    if source is None:
-        return None, False
-    if ctx.config.datasets.eval is None:
-        source = source.model_copy(update={"format": "pairs"})
-    try:
-        records = load_records(source, "pairs", held_out=verifiable, options=ctx.storage_options)
-        pairs = to_pairs(to_comparisons(records))
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"held-out data: {exc}") from None
-    return HeldOutPairs.build(pairs, tokenizer, max_length), verifiable
+@torch.no_grad()
+def reward_pair_metrics(model, held: HeldOutPairs | None, pad_token_id: int, batch_size: int = 64) -> dict[str, float]:
+    """A reward model on held-out pairs: accuracy (chosen scored above rejected) and mean margin."""
+    if held is None:
+        return {}
+    model.eval()
+    examples = held.chosen + held.rejected
+    scores = torch.cat([reward_scores(model, examples[i : i + batch_size], pad_token_id) for i in range(0, len(examples), batch_size)])
+    chosen, rejected = scores[: len(held)], scores[len(held) :]
+    return {"accuracy": float((chosen > rejected).float().mean()), "rewardMargin": float((chosen - rejected).mean())}

@@ -1,6 +1,6 @@
 """One round's samples: the rollout engine generates ``samplesPerPrompt`` responses to the round's
 prompts (and, for ReMax, one greedy response each), the reward functions score them, and the round's
-rollouts are committed to storage (``alignops.workloads.rl_store``)."""
+rollouts are committed to storage (``alignops.workloads.rl.store``)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ import torch
 
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
-from alignops.workloads.evaluation import encode_prompt
-from alignops.workloads.modeling import autocast_dtype, pick_device
-from alignops.workloads.rl_data import round_prompts
-from alignops.workloads.rl_rewards import RewardMix, RewardResources, ScoringBatch, default_terms
-from alignops.workloads.rl_store import Rollout, RoundRollouts, save_rollouts
-from alignops.workloads.rl_update import RlPlan
+from alignops.workloads.data.batching import encode_prompt
+from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.rl.prompts import round_prompts
+from alignops.workloads.rl.rewards import RewardMix, RewardResources, ScoringBatch, default_terms
+from alignops.workloads.rl.store import Rollout, RoundRollouts, save_rollouts
+from alignops.workloads.rl.update import RlPlan
 from alignops.workloads.rollout import EngineInputs, SamplingSettings, make_engine
+from alignops.seeds import GENERATE_CALL, ROUND, derive_seed
 
 
 def sample_seed(hp: RlHyperparameters, round_: int, call: int) -> int:
-    return ((hp.seed * 1_000_003 + round_) * 1_000 + call) % (2**63)
+    return derive_seed(hp.seed, (ROUND, round_), (GENERATE_CALL, call))
 
 
 class RoundSampler:

@@ -1,8 +1,8 @@
 """The ``rl`` stage: online RL in rounds. Each round samples ``samplesPerPrompt`` responses to
 ``promptsPerRound`` prompts with the current policy (a rollout engine,
-``alignops.workloads.rollout``), scores them (``alignops.workloads.rl_rewards``), computes
-advantages and updates the policy (``alignops.workloads.rl_update``), then commits: first the
-round's rollouts (``<stage_key>/round-<n>/rollouts.jsonl``, ``alignops.workloads.rl_store``), then the
+``alignops.workloads.rollout``), scores them (``alignops.workloads.rl.rewards``), computes
+advantages and updates the policy (``alignops.workloads.rl.update``), then commits: first the
+round's rollouts (``<stage_key>/round-<n>/rollouts.jsonl``, ``alignops.workloads.rl.store``), then the
 checkpoint ``<stage_key>/round-<n>/checkpoint-<step>/`` (policy, tokenizer, critic under ``critic/``
 for ppo, optimizer/scheduler/RNG, ``rl_state.json``).
 
@@ -56,10 +56,10 @@ Status metrics: ``accuracyBefore`` (before round 1) and ``accuracyAfter`` (after
 held-out, ``evalSize`` prompts), ``rewardFirst`` / ``rewardLast`` (reward mean of the first and last
 round), ``loss``, ``kl``, ``logprobGap``, ``responseLength``, ``rounds``, ``steps``.
 
-Modules: ``rl_data`` (prompts), ``rl_sampling`` (generate and score a round), ``rl_store`` (rollouts
-in storage), ``rl_trainer`` (policy, reference, critic, optimizer; one round's update and commit),
-``rl_update`` (the update's math around ``alignops.algos``), ``rl_batch`` (tensors), ``rl_rewards``,
-``critic``, ``rollout`` (engines).
+Modules of ``alignops.workloads.rl``: ``prompts``, ``sampling`` (generate and score a round),
+``store`` (rollouts in storage), ``trainer`` (policy, reference, critic, the TrainLoop; one round's
+update and commit), ``update`` (the update's math around ``alignops.algos``), ``batch`` (tensors),
+``rewards``, ``critic``; engines in ``alignops.workloads.rollout``.
 """
 
 from __future__ import annotations
@@ -71,22 +71,31 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext
 from alignops.contract import StageResult
-from alignops.workloads.policy import starting_policy
-from alignops.workloads.rl_data import load_prompts
-from alignops.workloads.rl_sampling import RoundSampler, engine_for, reward_mix
-from alignops.workloads.rl_store import load_rollouts
-from alignops.workloads.rl_trainer import RlState, Trainer
-from alignops.workloads.rl_update import RlPlan
-from alignops.workloads.sft import parse_hyperparameters
+from alignops.workloads.models.policy import starting_policy
+from alignops.workloads.rl.prompts import load_prompts
+from alignops.workloads.rl.sampling import RoundSampler, engine_for, reward_mix
+from alignops.workloads.rl.store import load_rollouts
+from alignops.workloads.rl.trainer import RlState, Trainer
+from alignops.workloads.rl.update import RlPlan
+from alignops.workloads.stages.base import parse_hyperparameters
 
 
-def run(ctx: RunContext) -> StageResult:
-    hp = parse_hyperparameters(RlHyperparameters, ctx)
-    plan = RlPlan.resolve(ctx.config.algorithm or "grpo", hp)
-    torch.manual_seed(hp.seed)
-    if ctx.config.role == "rollout":
-        return rollout_run(ctx, hp, plan, ctx.config.round or 1)
-    return train_run(ctx, hp, plan)
+class RlStage:
+    """Rounds of sample -> score -> update -> commit; its role picks what one run does."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.hp = parse_hyperparameters(RlHyperparameters, ctx)
+        self.plan = RlPlan.resolve(ctx.config.algorithm or "grpo", self.hp)
+
+    def run(self) -> StageResult:
+        torch.manual_seed(self.hp.seed)
+        if self.ctx.config.role == "rollout":
+            return rollout_run(self.ctx, self.hp, self.plan, self.ctx.config.round or 1)
+        return train_run(self.ctx, self.hp, self.plan)
+
+
+STAGE = RlStage
 
 
 def rollout_run(ctx: RunContext, hp: RlHyperparameters, plan: RlPlan, round_: int) -> StageResult:

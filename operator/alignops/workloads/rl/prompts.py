@@ -3,12 +3,11 @@ verifiers), the held-out prompts with answers, and which prompts each round read
 
 from __future__ import annotations
 
-import torch
-
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import ConfigError, RunContext
-from alignops.workloads.data import load_records
-from alignops.workloads.sft import held_out_source
+from alignops.workloads.data.records import load_records
+from alignops.workloads.data.held_out import held_out_source
+from alignops.workloads.training.order import epoch_permutation
 
 
 def prompt_text(record: dict, tokenizer) -> str:
@@ -41,6 +40,6 @@ def round_prompts(prompts: list[dict], hp: RlHyperparameters, round_: int) -> li
     for i in range((round_ - 1) * hp.prompts_per_round, round_ * hp.prompts_per_round):
         epoch, index = divmod(i, size)
         if epoch not in orders:
-            orders[epoch] = torch.randperm(size, generator=torch.Generator().manual_seed(hp.seed * 100_003 + epoch)).tolist()
+            orders[epoch] = epoch_permutation(size, hp.seed, epoch)
         out.append(prompts[orders[epoch][index]])
     return out

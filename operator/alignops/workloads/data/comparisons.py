@@ -1,5 +1,5 @@
 """Comparison data for the reward, preference and rank stages: the three record formats, the
-conversions between them, their tokenisation, and one batched forward that scores responses.
+conversions between them.
 
 Formats (JSON lines; the record's keys decide, so a file of any of them reads the same way):
 - pairs: ``{"prompt", "chosen", "rejected"}`` (+ optional ``margin`` for the Bradley-Terry loss);
@@ -7,19 +7,16 @@ Formats (JSON lines; the record's keys decide, so a file of any of them reads th
   ``scores``, one per response, higher is better: RRHF's rewards);
 - unpaired: ``{"prompt", "completion", "label": true|false}`` (KTO).
 
-Every response is tokenised as the SFT stage tokenises a completion (``bos + prompt + response +
-eos``, prompt tokens masked), so the log-probabilities here are those the SFT stage trained.
+Every response is tokenised as the SFT stage tokenises a completion
+(``alignops.workloads.data.sft.tokenize_response``), so the log-probabilities the stages compare
+are those the SFT stage trained.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from alignops.algos import next_token_logprobs, sequence_logprob
-from alignops.workloads.data import DatasetError, SftExample, tokenize_sft
-from alignops.workloads.evaluation import sft_batch
+from alignops.workloads.data.records import DatasetError
 
 
 @dataclass(frozen=True)
@@ -114,40 +111,3 @@ def to_unpaired(records: list[dict]) -> list[Unpaired]:
             out.append(Unpaired(comparison.prompt, comparison.responses[0], True))
             out += [Unpaired(comparison.prompt, r, False) for r in comparison.responses[1:]]
     return out
-
-
-def tokenize_response(prompt: str, response: str, tokenizer, max_length: int) -> SftExample:
-    """``bos + prompt + response + eos`` with the prompt masked: the SFT stage's tokenisation."""
-    return tokenize_sft({"prompt": prompt, "completion": response}, tokenizer, max_length)
-
-
-@dataclass(frozen=True)
-class SequenceScores:
-    """Per-sequence results of one forward pass, each (N,)."""
-
-    logp_sum: torch.Tensor
-    lengths: torch.Tensor  # response tokens scored (eos included)
-
-    @property
-    def logp_mean(self) -> torch.Tensor:
-        return self.logp_sum / self.lengths.clamp(min=1)
-
-
-def sequence_logps(model, examples: list[SftExample], pad_token_id: int) -> SequenceScores:
-    """Summed response log-probabilities of N sequences in one forward pass (right padding).
-
-    A preference batch passes chosen and rejected together (TRL's concatenated forward): one call
-    instead of two, and the same padding width for both."""
-    device = next(model.parameters()).device
-    input_ids, labels, attention = sft_batch(examples, pad_token_id, device)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
-    token_logps, mask = next_token_logprobs(logits, labels)
-    return SequenceScores(sequence_logprob(token_logps, mask, "sum"), mask.sum(-1))
-
-
-@torch.no_grad()
-def sequence_logps_batched(model, examples: list[SftExample], pad_token_id: int, batch_size: int = 64) -> SequenceScores:
-    """``sequence_logps`` without gradients, over any number of sequences in chunks."""
-    model.eval()
-    parts = [sequence_logps(model, examples[i : i + batch_size], pad_token_id) for i in range(0, len(examples), batch_size)]
-    return SequenceScores(torch.cat([p.logp_sum for p in parts]), torch.cat([p.lengths for p in parts]))

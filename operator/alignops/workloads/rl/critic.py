@@ -9,14 +9,13 @@ from the policy's starting transformer (new head). Saved beside the policy in ea
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForTokenClassification, LlamaForTokenClassification
 
 from alignops.api.common import Architecture
-from alignops.workloads.modeling import build_model
+from alignops.workloads.models.build import build_scalar_head_model
 
 CRITIC_DIR = "critic"
 
@@ -36,16 +35,4 @@ def load_critic(path: Path):
 
 def build_critic(arch: Architecture, tokenizer) -> LlamaForTokenClassification:
     """The base architecture's transformer (the weights ``build_model`` gives the policy) under a new head."""
-    policy = build_model(arch, tokenizer)
-    config = copy.deepcopy(policy.config)
-    config.num_labels = 1
-    config.classifier_dropout = 0.0
-    model = LlamaForTokenClassification(config)
-    model.model.load_state_dict(policy.model.state_dict())
-    return _no_dropout(model)
-
-
-def token_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L-1) values V(s_t) aligned with next-token log-probs: position t's value is read from the
-    hidden state that predicts token t+1 (the state before that action)."""
-    return critic(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0].float()
+    return _no_dropout(build_scalar_head_model(arch, tokenizer, LlamaForTokenClassification, classifier_dropout=0.0))

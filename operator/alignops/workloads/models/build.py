@@ -1,14 +1,15 @@
-"""Models and tokenizers: build a tiny one from a config with a tokenizer made locally, or load a
-Hugging Face checkpoint; save as safetensors that transformers and vLLM load as they are."""
+"""Models built in code: the demo's character-level tokenizer (made locally, nothing downloaded),
+a tiny Llama from a manifest's ``architecture``, and the same transformer under a scalar head
+(the reward model's and the critic's)."""
 
 from __future__ import annotations
 
+import copy
 import string
-from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignops.api.common import Architecture
 
@@ -58,31 +59,15 @@ def build_model(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> Llama
     return model
 
 
-def load_tokenizer(path: Path):
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32):
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-
-
-def save_pretrained(model, tokenizer, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a GPU that has it (precision auto or bf16); none on the CPU."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+def build_scalar_head_model(arch: Architecture, tokenizer: PreTrainedTokenizerFast, head_class, **config_updates):
+    """``head_class`` (e.g. ``LlamaForSequenceClassification``) with ``num_labels=1`` over the base
+    architecture's transformer: the weights ``build_model`` gives the policy, under a new head
+    initialised from the global RNG (the stage seeds it)."""
+    policy = build_model(arch, tokenizer)
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    for name, value in config_updates.items():
+        setattr(config, name, value)
+    model = head_class(config)
+    model.model.load_state_dict(policy.model.state_dict())
+    return model

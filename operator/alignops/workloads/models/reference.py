@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from alignops.workloads.comparisons import SequenceScores, sequence_logps_batched
-from alignops.workloads.data import SftExample
+from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
+from alignops.workloads.data.sft import SftExample
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,17 +1,15 @@
-"""Held-out evaluation: greedy accuracy on verifiable prompts, and loss on held-out SFT records."""
+"""Held-out figures from generation and teacher forcing: greedy accuracy on verifiable prompts, and
+the loss on held-out SFT records."""
 
 from __future__ import annotations
 
 import torch
 
+from alignops.algos import IGNORE_INDEX
 from alignops.algos.sft import masked_lm_loss
 from alignops.demo.arithmetic import is_correct
-from alignops.workloads.data import IGNORE_INDEX, SftExample, pad_batch
-
-
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + tokenizer(text, add_special_tokens=False).input_ids
+from alignops.workloads.data.batching import encode_prompt, sft_batch
+from alignops.workloads.data.sft import SftExample
 
 
 @torch.no_grad()
@@ -39,15 +37,9 @@ def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int =
     return sum(is_correct(c, r["answer"]) for c, r in zip(completions, records)) / max(1, len(records))
 
 
-def sft_batch(examples: list[SftExample], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    input_ids = torch.tensor(pad_batch([e.input_ids for e in examples], pad_token_id), device=device)
-    labels = torch.tensor(pad_batch([e.labels for e in examples], IGNORE_INDEX), device=device)
-    attention = torch.tensor(pad_batch([[1] * len(e.input_ids) for e in examples], 0), device=device)
-    return input_ids, labels, attention
-
-
 @torch.no_grad()
 def sft_eval_loss(model, examples: list[SftExample], pad_token_id: int, batch_size: int = 64) -> float:
+    """Mean token cross-entropy over the response tokens of held-out examples."""
     model.eval()
     device = next(model.parameters()).device
     total, tokens = 0.0, 0

@@ -10,8 +10,8 @@ from typing import Callable
 
 from alignops.metrics.names import snake_case
 from alignops.workloads.context import RunContext
-from alignops.workloads.policy import Starting
-from alignops.workloads.training import TrainLoop
+from alignops.workloads.models.policy import Starting
+from alignops.workloads.training.loop import TrainLoop
 
 STAGE_RECORD = "stage_record.json"
 
@@ -39,7 +39,7 @@ class StageRecord:
             start.tokenizer.save_pretrained(str(directory))
             self.save(directory)
 
-        loop = TrainLoop(self.ctx, start.model, hp, dataset_size, loss_fn, save_extra)
+        loop = TrainLoop(self.ctx, start.model, hp, loss_fn, save_extra, dataset_size=dataset_size)
         if start.resume is not None:
             loop.restore(start.directory, start.resume)
         return loop
@@ -51,9 +51,10 @@ class StageRecord:
     def metrics(self, loop: TrainLoop, after: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
         """The result metrics; the held-out figures after training also go out as a metrics record
         (as the SFT stage does), so the dashboard's accuracy panel covers these stages."""
-        self.ctx.metrics.log({"step": loop.step, "total_steps": loop.total_steps, "round": loop.round,
+        state = loop.state
+        self.ctx.metrics.log({"step": state.step, "total_steps": state.total_steps, "round": state.round,
                               **{snake_case(name): value for name, value in after.items()}})
-        metrics: dict[str, float] = {"loss": loop.last_loss, "steps": loop.step}
+        metrics: dict[str, float] = {"loss": state.last_loss, "steps": state.step}
         if self.first_loss is not None:
             metrics["lossFirst"] = self.first_loss
         for name, value in self.before.items():

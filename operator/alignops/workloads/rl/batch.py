@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from alignops.algos import IGNORE_INDEX, entropy_from_logits, next_token_logprobs
-from alignops.workloads.critic import token_values
+from alignops.workloads.models.scoring import token_values
 
 
 @dataclass
@@ -50,7 +50,7 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_token_id: int
     return TokenBatch(input_ids.to(device), attention.to(device), (labels[:, 1:] != IGNORE_INDEX).to(device), labels.to(device))
 
 
-def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
+def response_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
     """(logp (B, L-1) float32, entropy (B, L-1) or None) of the response tokens under ``model``'s
     sampling distribution ``softmax(z / T)``; 0 outside the response. Differentiable."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from alignops.storage.checkpoints import CheckpointRef
 from alignops.workloads.context import RunContext
-from alignops.workloads.modeling import build_model, build_tokenizer, load_causal_lm, load_tokenizer, pick_device
+from alignops.workloads.models.build import build_model, build_tokenizer
+from alignops.workloads.models.loading import load_causal_lm, load_tokenizer, pick_device
 
 
 @dataclass

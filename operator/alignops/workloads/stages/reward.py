@@ -1,0 +1,98 @@
+"""The reward stage: a Hugging Face ``AutoModelForSequenceClassification`` with ``num_labels=1``
+(for the demo model a ``LlamaForSequenceClassification``: the transformer of the policy or base
+model plus a scalar ``score`` head read at the last non-pad token), trained on comparisons.
+
+Loss (``alignops.algos.REWARD_LOSSES``): ``bradley_terry`` over pairs (a K-wise ranking counts as
+all its K(K-1)/2 pairs; margin from the pair's ``margin`` field or ``rewardMargin``), or
+``plackett_luce`` over whole rankings (Zhu, Jiao, Jordan, arXiv:2301.11270; K = 2 is Bradley-
+Terry). Without ``algorithm`` the data decides: plackett_luce when any record ranks more than two
+responses, bradley_terry otherwise.
+
+Checkpoints are saved with ``save_pretrained`` (config ``architectures:
+[LlamaForSequenceClassification]``, ``num_labels: 1``, ``pad_token_id`` set) plus the tokenizer,
+so the RL stages and any Hugging Face user load the reward model as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForSequenceClassification
+
+from alignops.algos import REWARD_LOSSES, UnknownNameError
+from alignops.api.common import Architecture
+from alignops.api.hyperparameters import RewardHyperparameters
+from alignops.workloads.context import ConfigError
+from alignops.workloads.data.comparisons import Comparison, to_comparisons
+from alignops.workloads.data.held_out import load_held_out_pairs
+from alignops.workloads.data.sft import reward_example
+from alignops.workloads.evaluation.pairs import reward_pair_metrics
+from alignops.workloads.models.build import build_scalar_head_model
+from alignops.workloads.models.loading import load_reward_model
+from alignops.workloads.models.policy import Starting, starting_policy
+from alignops.workloads.models.scoring import reward_scores
+from alignops.workloads.stages.base import Stage
+from alignops.workloads.training.loop import MicroBatchLoss
+
+
+def build_reward_model(arch: Architecture, tokenizer) -> LlamaForSequenceClassification:
+    """The base architecture's transformer under a freshly initialised scalar head."""
+    return build_scalar_head_model(arch, tokenizer, LlamaForSequenceClassification)
+
+
+def choose_algorithm(requested: str | None, comparisons: list[Comparison]) -> str:
+    name = requested or ("plackett_luce" if any(len(c.responses) > 2 for c in comparisons) else "bradley_terry")
+    try:
+        REWARD_LOSSES.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc)) from None
+    return name
+
+
+class RewardStage(Stage):
+    hyperparameters = RewardHyperparameters
+
+    def load_inputs(self) -> Starting:
+        start = starting_policy(self.ctx, loader=load_reward_model, builder=build_reward_model)
+        start.model.config.pad_token_id = start.tokenizer.pad_token_id
+        return start
+
+    def build_dataset(self) -> int:
+        self.train = to_comparisons(self.training_records("pairs"))
+        self.algorithm = choose_algorithm(self.ctx.config.algorithm, self.train)  # the data decides by default
+        self.loss_of = REWARD_LOSSES.get(self.algorithm)
+        self.sequences = [[reward_example(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
+                          for c in self.train]
+        return len(self.train)
+
+    def build_held_out(self) -> None:
+        self.held, _ = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return reward_pair_metrics(model, self.held, self.pad)
+
+    def loss(self, model, indices: list[int]) -> MicroBatchLoss:
+        hp, train = self.hp, self.train
+        counts = [len(self.sequences[i]) for i in indices]
+        flat = [example for i in indices for example in self.sequences[i]]
+        scores = reward_scores(model, flat, self.pad)
+        width = max(counts)
+        # (B, K) scores best first; rows with fewer responses are masked
+        mask = torch.tensor([[k < n for k in range(width)] for n in counts], device=scores.device)
+        table = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_scatter(mask, scores)
+        upper = torch.triu(torch.ones(width, width, dtype=torch.bool, device=scores.device), diagonal=1)
+        pair_mask = upper & mask.unsqueeze(-1) & mask.unsqueeze(-2)  # [b, i, j]: i ranked above j
+        better = table.unsqueeze(-1).expand(-1, -1, width)[pair_mask]
+        worse = table.unsqueeze(-2).expand(-1, width, -1)[pair_mask]
+        if REWARD_LOSSES.traits(self.algorithm).whole_rankings:
+            loss = self.loss_of(table, mask).mean()
+        else:
+            margins = torch.tensor([train[i].margin if train[i].margin is not None else hp.reward_margin for i in indices],
+                                   dtype=scores.dtype, device=scores.device)
+            margin = margins.view(-1, 1, 1).expand(-1, width, width)[pair_mask]
+            loss = self.loss_of(better, worse, margin).mean()
+        gap = (better - worse).detach()
+        metrics = {"reward_accuracy": float((gap > 0).float().mean()), "reward_margin": float(gap.mean())}
+        return MicroBatchLoss(loss=loss, tokens=sum(len(e.input_ids) for e in flat), metrics=metrics)
+
+
+STAGE = RewardStage
