@@ -113,7 +113,8 @@ class DeleteAlignmentJob:
     reason: str
 
 
-Action = CreateRun | DeleteRun | DeleteAlignmentJob
+# what reconcile asks of the cluster (planner.Action is what the planner asks of an executor)
+ClusterAction = CreateRun | DeleteRun | DeleteAlignmentJob
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Observation:
 @dataclass
 class Reconciliation:
     status: Obj | None = None  # the new status (wire form) when it differs from the object's
-    actions: list[Action] = field(default_factory=list)
+    actions: list[ClusterAction] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     requeue_after: float | None = None
