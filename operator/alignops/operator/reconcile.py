@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 from pydantic import ValidationError
 
@@ -549,12 +549,17 @@ def _expire(ttl: int | None, status: JobStatus, now: datetime, result: Reconcili
 
 # -- what changed: events and metrics -------------------------------------------------------------------
 
+def _stage_changes(old: JobStatus, new: JobStatus) -> Iterator[tuple[StageStatus, StageStatus]]:
+    """(before, now) for each stage of ``new``; a stage new to the status starts from nothing."""
+    before = {s.name: s for s in old.stages}
+    for stage in new.stages:
+        yield before.get(stage.name) or StageStatus(name=stage.name), stage
+
+
 def transition_events(old: JobStatus, new: JobStatus) -> list[Event]:
     """One Kubernetes Event per transition between two statuses."""
     events: list[Event] = []
-    before = {s.name: s for s in old.stages}
-    for stage in new.stages:
-        prev = before.get(stage.name) or StageStatus(name=stage.name)
+    for prev, stage in _stage_changes(old, new):
         label = _run_label(stage)
         if stage.attempts > prev.attempts:
             events.append(Event("Normal", "StageStarted", f"{label} started: Job {stage.job_name}"))
@@ -589,9 +594,7 @@ def transition_events(old: JobStatus, new: JobStatus) -> list[Event]:
 
 def transition_observations(old: JobStatus, new: JobStatus) -> list[Observation]:
     out: list[Observation] = []
-    before = {s.name: s for s in old.stages}
-    for stage in new.stages:
-        prev = before.get(stage.name) or StageStatus(name=stage.name)
+    for prev, stage in _stage_changes(old, new):
         if stage.attempts > prev.attempts:
             out.append(Observation("attempt", stage.name, float(stage.attempts - prev.attempts)))
         if stage.failures > prev.failures:
