@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from alignops.api import parse_job
 from alignops.planner import (
     Defaults, Finished, RunOutcome, StartRun, Suspend, Wait, initial_status, mark_started, next_action,
@@ -54,7 +56,7 @@ def test_failure_is_retried_with_backoff_then_fails_after_backoff_limit():
     assert (stage.phase, stage.failures, stage.reason) == ("Retrying", 1, "OOMKilled")
     assert status.condition("Progressing").reason == "OOMKilled"
     waiting = next_action(job, status, DEFAULTS, NOW + timedelta(seconds=1))
-    assert isinstance(waiting, Wait) and 8 <= waiting.seconds <= 10  # first retry after 10 s
+    assert isinstance(waiting, Wait) and waiting.seconds == pytest.approx(9.0)  # the first retry is 10 s after the failure
     retry = next_action(job, status, DEFAULTS, NOW + timedelta(seconds=11))
     assert isinstance(retry, StartRun) and retry.config.attempt == 2
 

@@ -119,3 +119,15 @@ def test_every_error_is_reported_at_once():
 def test_broken_cases_are_distinct_from_the_base():
     # guards the table above: the unmutated base manifest is valid
     parse_job(copy.deepcopy(two_sft_job()))
+
+
+def test_messages_and_cel_rules_name_input_fields_as_manifests_spell_them():
+    # camel_case is the models' alias generator, so a field named in a message is the wire field
+    from alignops.api.base import camel_case
+    from alignops.api.stages import STAGE_TYPES
+
+    inputs = {(name, field) for name, info in STAGE_TYPES.items() for field in info.inputs}
+    assert ("sft", "policy") in inputs
+    for name, field in inputs:
+        assert STAGE_TYPES[name].model.model_fields[field].alias == camel_case(field)
+    assert camel_case("reward_model") == "rewardModel"

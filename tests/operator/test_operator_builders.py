@@ -16,7 +16,6 @@ from operator_manifests import job_manifest, stage_manifest
 from alignops.api.stages import STAGE_TYPES
 from alignops.api.validation import parse_job
 from alignops.operator.builders import (
-    CONFIG_PATH,
     RESULT_PATH,
     build_run_configmap,
     build_stage_job,
@@ -85,9 +84,11 @@ def test_pod_runs_the_workload_on_the_configmap_bytes(settings, quickstart):
     assert configmap["immutable"] is True
     pod = built["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["command"] == ["python", "-m", "alignops.workloads", CONFIG_PATH]
+    # the path the workload reads is the ConfigMap's key under the config volume's mount
+    assert container["command"] == ["python", "-m", "alignops.workloads", "/etc/alignops/run/config.json"]
     assert {"name": "config", "mountPath": "/etc/alignops/run", "readOnly": True} in container["volumeMounts"]
     config_volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert config_volume["configMap"]["items"] == [{"key": "config.json", "path": "config.json"}]
     assert config_volume["configMap"]["name"] == configmap["metadata"]["name"] == built["metadata"]["name"] == "quickstart-sft-a1"
     assert built["spec"]["backoffLimit"] == 0
     assert pod["restartPolicy"] == "Never"

@@ -13,12 +13,15 @@ from operator_manifests import job_manifest, stage_manifest
 
 from alignops.operator.observe import JobView, PodView, pod_outcome
 from alignops.operator.reconcile import (
+    RUN_RULES,
     CreateError,
     CreateRun,
     DeleteAlignmentJob,
     DeleteRun,
     Observed,
     Progress,
+    RunView,
+    match_run_rule,
     merge_patch,
     reconcile,
 )
@@ -31,13 +34,12 @@ def ts(seconds: float = 0) -> str:
 
 
 def job_obj(name: str, stage: str = "sft", attempt: int = 1, created: float = 0, conditions: list | None = None,
-            suspend: bool = False, aj: str = "demo") -> JobView:
-    return JobView.from_body({
-        "metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": ts(created),
-                     "labels": {"alignops.io/job": aj, "alignops.io/stage": stage, "alignops.io/attempt": str(attempt)}},
-        "spec": {"suspend": suspend},
-        "status": {"conditions": conditions or []},
-    })
+            suspend: bool = False, aj: str = "demo", deleting: bool = False) -> JobView:
+    meta = {"name": name, "uid": f"uid-{name}", "creationTimestamp": ts(created),
+            "labels": {"alignops.io/job": aj, "alignops.io/stage": stage, "alignops.io/attempt": str(attempt)}}
+    if deleting:
+        meta["deletionTimestamp"] = ts(created + 1)
+    return JobView.from_body({"metadata": meta, "spec": {"suspend": suspend}, "status": {"conditions": conditions or []}})
 
 
 def failed_condition(reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> list:
@@ -96,7 +98,7 @@ def test_a_new_job_starts_its_first_stage(settings):
     assert create.name == "demo-sft-a1" and create.job["metadata"]["name"] == "demo-sft-a1"
     config = json.loads(create.configmap["data"]["config.json"])
     assert config["attempt"] == 1 and config["storage"]["uri"] == "s3://alignops-ci/root"
-    assert config["stageKey"] if "stageKey" in config else config["stage_key"] == "ml-team/demo/sft"
+    assert config["stage_key"] == "ml-team/demo/sft"  # the run config's keys are snake_case (alignops.contract)
     assert doc["status"]["phase"] == "Running"
     assert doc["status"]["observedGeneration"] == 1
     assert stage(doc)["attempts"] == 1 and stage(doc)["jobName"] == "demo-sft-a1"
@@ -289,6 +291,51 @@ def test_a_temporary_create_error_is_shown_and_retried(settings):
     assert result.requeue_after == 10.0
 
 
+# -- the run rules: one case per row of RUN_RULES ---------------------------------------------------------
+
+RUN = "demo-sft-a1"  # the current run of the started quickstart-like job
+_running_pod = pod_obj(RUN, state={"running": {"startedAt": ts(5)}})
+_failed_pod = pod_obj(RUN, phase="Failed", state=terminated(1))
+_complete = [{"type": "Complete", "status": "True"}]
+# row -> (what is seen of the run, what the stage shows after it: phase, reason, action types, requeue_after).
+# A Retrying stage waits planner.retry_delay(1) = 10 s.
+RUN_CASES = {
+    "pod outlived its Job": (Observed(pods=(_failed_pod,)), ("Retrying", "Error", [], 10.0)),
+    "Job gone, pod stopping": (Observed(pods=(_running_pod,)), ("Running", None, [], None)),
+    "Job refused": (Observed(create_errors={RUN: CreateError("422 Invalid", permanent=True)}), ("Failed", "JobRejected", [], None)),
+    "Job missing": (Observed(), ("Running", None, [CreateRun], None)),
+    # its pod's end is not read while the Job goes: the next pass sees the Job gone
+    "Job being deleted": (Observed(jobs=(job_obj(RUN, deleting=True),), pods=(_failed_pod,)), ("Running", None, [], None)),
+    "deadline exceeded": (Observed(jobs=(job_obj(RUN, conditions=failed_condition("DeadlineExceeded")),),
+                                   pods=(pod_obj(RUN, phase="Failed", state=terminated(143)),)),
+                          ("Retrying", "DeadlineExceeded", [], 10.0)),
+    "pod finished": (Observed(jobs=(job_obj(RUN, conditions=failed_condition()),),
+                              pods=(pod_obj(RUN, phase="Failed", state=terminated(137, "OOMKilled")),)),
+                     ("Retrying", "OOMKilled", [], 10.0)),
+    "Job finished, pod gone": (Observed(jobs=(job_obj(RUN, conditions=_complete),)), ("Retrying", "ResultLost", [], 10.0)),
+    "Job finished, pod status pending": (Observed(jobs=(job_obj(RUN, conditions=_complete),), pods=(_running_pod,)),
+                                         ("Running", None, [], 2.0)),
+    "running": (Observed(jobs=(job_obj(RUN),), pods=(_running_pod,)), ("Running", None, [], None)),
+}
+
+
+@pytest.mark.parametrize("rule", RUN_RULES, ids=[r.name for r in RUN_RULES])
+def test_each_run_rule_is_the_first_match_for_its_case_and_acts(settings, rule):
+    observed, (phase, reason, actions, requeue_after) = RUN_CASES[rule.name]
+    assert match_run_rule(RunView.of(RUN, observed)) is rule
+    doc = started(settings)
+    result = step(doc, observed, settings, 10)
+    assert (stage(doc)["phase"], stage(doc).get("reason")) == (phase, reason)
+    assert [type(a) for a in result.actions] == actions
+    assert result.requeue_after == (pytest.approx(requeue_after) if requeue_after is not None else None)
+
+
+def test_every_run_rule_has_a_case():
+    names = [r.name for r in RUN_RULES]
+    assert len(set(names)) == len(names), names
+    assert set(RUN_CASES) == set(names)
+
+
 # -- stalls, suspend, TTL, cleanup ---------------------------------------------------------------------
 
 def test_a_stalled_pod_is_stopped_and_retried(settings):
@@ -413,7 +460,8 @@ def test_safe_changes_apply_to_the_next_attempt_and_new_stages(settings):
     step(doc, Observed(jobs=(job_obj("demo-sft-a1"),)), settings, 5)
     assert doc["status"]["observedGeneration"] == 2
     assert [s["name"] for s in doc["status"]["stages"]] == ["sft", "more"]
-    assert cond(doc, "Progressing")["reason"] != "SpecChangeRefused"
+    # applied, not refused: the running stage shows its own progress (its Job exists, no pod yet)
+    assert (cond(doc, "Progressing")["status"], cond(doc, "Progressing")["reason"]) == ("True", "StageStarting")
 
 
 def test_inserting_a_stage_before_a_started_one_is_refused(settings):

@@ -8,12 +8,18 @@ from pydantic.alias_generators import to_camel
 DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
+def camel_case(snake: str) -> str:
+    """A field's name in manifests: the alias every ApiModel field gets, so that messages and CEL
+    rules name a field as users spell it (``reward_model`` -> ``rewardModel``)."""
+    return to_camel(snake)
+
+
 class ApiModel(BaseModel):
     """Manifests use camelCase only (as the CRD does); strict mode refuses "3" for a number and
     unknown fields are errors, so a misspelt field is never silently ignored."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel,
+        alias_generator=camel_case,
         validate_by_alias=True,
         validate_by_name=False,
         serialize_by_alias=True,

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from alignops import GROUP, KIND, PLURAL, VERSION
+from alignops.api.base import camel_case
 from alignops.api.job import JOB_NAME_MAX, JOB_NAME_PATTERN, AlignmentJobSpec
 from alignops.api.stages import STAGE_TYPES, StageType
 from alignops.api.status import JobStatus
@@ -159,7 +160,7 @@ def spec_rules() -> list[Schema]:
     }]
     ref_fields = sorted({f for info in STAGE_TYPES.values() for f in info.inputs})
     for field in ref_fields:
-        alias = _camel(field)
+        alias = camel_case(field)
         rules.append({
             "rule": f"self.stages.all(s, !has(s.{alias}) || !has(s.{alias}.fromStage) || "
                     f"({names}.indexOf(s.{alias}.fromStage) >= 0 && {names}.indexOf(s.{alias}.fromStage) < {names}.indexOf(s.name)))",
@@ -167,7 +168,7 @@ def spec_rules() -> list[Schema]:
         })
     for type_name, info in STAGE_TYPES.items():
         for field, accepted in info.inputs.items():
-            alias = _camel(field)
+            alias = camel_case(field)
             producers = _types_with(lambda _n, i, accepted=accepted: i.produces in accepted)
             rules.append({
                 "rule": f"self.stages.all(s, s.type != '{type_name}' || !has(s.{alias}) || !has(s.{alias}.fromStage) || "
@@ -175,11 +176,6 @@ def spec_rules() -> list[Schema]:
                 "message": f"{alias}.fromStage of a {type_name} stage must name a stage that produces a {' or '.join(accepted)} ({', '.join(producers)})",
             })
     return rules
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(p.title() for p in rest)
 
 
 def spec_schema() -> Schema:

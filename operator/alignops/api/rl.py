@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from alignops.api.base import ApiModel
+from alignops.api.base import ApiModel, camel_case
 from alignops.api.hyperparameters import OptimizerCore, RetentionSettings
 
 RL_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
@@ -79,8 +79,8 @@ class RewardTerm(ApiModel):
         given = [name for name in RewardOptions.model_fields if self.options is not None and getattr(self.options, name) is not None]
         wrong = [name for name in given if name not in allowed]
         if wrong:
-            camel = ", ".join(_camel(n) for n in wrong)
-            known = ", ".join(_camel(n) for n in allowed) or "none"
+            camel = ", ".join(camel_case(n) for n in wrong)
+            known = ", ".join(camel_case(n) for n in allowed) or "none"
             raise ValueError(f"reward {self.name} has no option {camel} (its options: {known})")
         if self.name == "regex" and "pattern" not in given:
             raise ValueError("reward regex needs options.pattern")
@@ -164,8 +164,3 @@ class RlHyperparameters(OptimizerCore, RetentionSettings):
     generation_batch_size: int = Field(64, ge=1, le=65536, description="Prompts per call of the rollout engine (transformers).")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm: share of GPU memory the engine may take (the trainer needs the rest when colocated).")
     eval_every: int = Field(1, ge=1, le=100_000, description="Held-out greedy accuracy every this many rounds (and after the last).")
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(p.title() for p in rest)

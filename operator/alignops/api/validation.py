@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from alignops.api.base import camel_case
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
 
@@ -78,7 +79,7 @@ def semantic_errors(job: AlignmentJob) -> list[FieldError]:
             ref = getattr(stage, field_name, None)
             if ref is None or ref.from_stage is None:
                 continue
-            ref_path = f"{path}.{_camel(field_name)}.fromStage"
+            ref_path = f"{path}.{camel_case(field_name)}.fromStage"
             target_index = next((i for i, s in enumerate(job.spec.stages) if s.name == ref.from_stage), None)
             if target_index is None:
                 errors.append(FieldError(ref_path, f"no stage named {ref.from_stage!r}; name an earlier stage"))
@@ -87,17 +88,12 @@ def semantic_errors(job: AlignmentJob) -> list[FieldError]:
             else:
                 produced = STAGE_TYPES[job.spec.stages[target_index].type].produces
                 if produced not in accepted:
-                    errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} produces a {produced}, but {_camel(field_name)} needs a {' or '.join(accepted)}"))
+                    errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} produces a {produced}, but {camel_case(field_name)} needs a {' or '.join(accepted)}"))
         if stage.resources.gpus > info.max_gpus:
             errors.append(FieldError(f"{path}.resources.gpus", f"{stage.resources.gpus} GPUs requested, but stage type {stage.type} trains on at most {info.max_gpus} GPU per run for now; set gpus: {info.max_gpus}"))
         if stage.resources.nodes > 1:
             errors.append(FieldError(f"{path}.resources.nodes", f"multi-node runs are not supported yet for stage type {stage.type}; set nodes: 1"))
     return errors
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(p.title() for p in rest)
 
 
 def parse_job(document: Any) -> AlignmentJob:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from alignops.api.base import camel_case
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
 from alignops.api.status import JobStatus
@@ -58,7 +59,7 @@ def cluster_errors(job: AlignmentJob, settings: OperatorSettings) -> list[FieldE
         for field_name in STAGE_TYPES[stage.type].inputs:
             ref = getattr(stage, field_name, None)
             if ref is not None and _local(ref.uri):
-                errors.append(FieldError(f"{path}.{_camel(field_name)}.uri", local))
+                errors.append(FieldError(f"{path}.{camel_case(field_name)}.uri", local))
         resources = stage.resources
         for i, env in enumerate(resources.env or []):
             if env.name.startswith("ALIGNOPS_"):
@@ -74,11 +75,6 @@ def cluster_errors(job: AlignmentJob, settings: OperatorSettings) -> list[FieldE
                                              f"{volume.mount_path} overlaps {reserved}, which the operator mounts"))
                     break
     return errors
-
-
-def _camel(snake: str) -> str:
-    head, *rest = snake.split("_")
-    return head + "".join(p.title() for p in rest)
 
 
 def _digest(value) -> str:

@@ -158,11 +158,14 @@ def _volumes(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettin
     return volumes, mounts
 
 
+def _run_as() -> Obj:
+    """The user and group of a stage, the same for its pod and its container."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS}
+
+
 def _container_security() -> Obj:
     return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
+        **_run_as(),
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "readOnlyRootFilesystem": True,
@@ -208,9 +211,7 @@ def build_stage_job(job: AlignmentJob, config: StageRunConfig, settings: Operato
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
+            **_run_as(),
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },

@@ -28,7 +28,7 @@ import aiohttp
 import kopf
 
 from alignops.metrics.operator import OperatorMetrics
-from alignops.operator.executor import Executor, StaleObject
+from alignops.operator.executor import Executor, Key, StaleObject
 from alignops.operator.kube import KubeApi
 from alignops.operator.observe import JobView, PodView
 from alignops.operator.progress import fetch_progress
@@ -36,7 +36,6 @@ from alignops.operator.reconcile import Observed, Progress, reconcile
 from alignops.operator.settings import OperatorSettings
 
 log = logging.getLogger("alignops.operator")
-Key = tuple[str, str]
 Obj = dict[str, Any]
 MAX_BACKOFF_SECONDS = 300.0
 STALE_RETRIES = 5

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import kopf
@@ -30,10 +29,11 @@ from alignops.operator.reconcile import (
     merge_patch,
 )
 from alignops.operator.settings import OperatorSettings
+from alignops.planner import rfc3339, utcnow
 
 log = logging.getLogger("alignops.operator")
 Obj = dict[str, Any]
-Key = tuple[str, str]
+Key = tuple[str, str]  # an AlignmentJob's (namespace, name)
 EXPECTATION_SECONDS = 60.0
 COMPONENT = "alignops-operator"
 
@@ -174,7 +174,7 @@ class Executor:
     async def post_event(self, obj: Mapping[str, Any], event: Event) -> None:
         """A core/v1 Event about the AlignmentJob (``kubectl describe aj`` shows it)."""
         meta = obj["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(utcnow())
         body = {
             "apiVersion": "v1",
             "kind": "Event",

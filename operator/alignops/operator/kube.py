@@ -15,6 +15,7 @@ from urllib.parse import quote
 from alignops import GROUP, PLURAL, VERSION
 
 Obj = dict[str, Any]
+_GONE = object()  # delete's answer when there was nothing to delete
 
 
 class ApiError(Exception):
@@ -101,22 +102,22 @@ class KubeApi:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._call, method, path, body, query, content_type)
 
-    async def get(self, path: str) -> Obj | None:
+    async def _request_or(self, status: int, fallback: Any, method: str, path: str, body: Any = None) -> Any:
+        """The response, or ``fallback`` when the server answers ``status``: an answer the caller
+        expects (gone, already there), not an error."""
         try:
-            return await self.request("GET", path)
+            return await self.request(method, path, body)
         except ApiError as exc:
-            if exc.status == 404:
-                return None
+            if exc.status == status:
+                return fallback
             raise
+
+    async def get(self, path: str) -> Obj | None:
+        return await self._request_or(404, None, "GET", path)
 
     async def create(self, path: str, obj: Obj) -> Obj | None:
         """Create; None if it already exists (409): names are deterministic, so that is ours."""
-        try:
-            return await self.request("POST", path, obj)
-        except ApiError as exc:
-            if exc.status == 409:
-                return None
-            raise
+        return await self._request_or(409, None, "POST", path, obj)
 
     async def merge_patch(self, path: str, patch: Obj) -> Obj | None:
         return await self.request("PATCH", path, patch, content_type="application/merge-patch+json")
@@ -126,10 +127,4 @@ class KubeApi:
         body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
         if grace_seconds is not None:
             body["gracePeriodSeconds"] = grace_seconds
-        try:
-            await self.request("DELETE", path, body)
-        except ApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await self._request_or(404, _GONE, "DELETE", path, body) is not _GONE

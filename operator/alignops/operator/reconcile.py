@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 from pydantic import ValidationError
 
 from alignops.api.job import AlignmentJob
 from alignops.api.status import JobStatus, StageStatus
 from alignops.api.validation import FieldError, InvalidManifest, parse_job
+from alignops.contract import StageRunConfig
 from alignops.operator.admission import cluster_errors, refused_changes, spec_fingerprint
 from alignops.operator.builders import build_run_configmap, build_stage_job
 from alignops.operator.names import KUEUE_QUEUE_LABEL, RETRY_ANNOTATION, child_name
@@ -113,7 +114,8 @@ class DeleteAlignmentJob:
     reason: str
 
 
-Action = CreateRun | DeleteRun | DeleteAlignmentJob
+# what reconcile asks of the cluster (planner.Action is what the planner asks of an executor)
+ClusterAction = CreateRun | DeleteRun | DeleteAlignmentJob
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class Observation:
 @dataclass
 class Reconciliation:
     status: Obj | None = None  # the new status (wire form) when it differs from the object's
-    actions: list[Action] = field(default_factory=list)
+    actions: list[ClusterAction] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     requeue_after: float | None = None
@@ -264,7 +266,6 @@ def _reconcile_valid(job: AlignmentJob, old: JobStatus, observed: Observed, sett
                           f"{RETRY_ANNOTATION}={token}: the failed stage runs again from its last checkpoint", now, generation)
             result.events.append(Event("Normal", "RetryRequested", f"annotation {RETRY_ANNOTATION}={token!r}: retrying the failed stage"))
 
-    jobs = {j.name: j for j in observed.jobs}
     if status.phase in FINAL:
         _cleanup(job, status, observed, settings, result)
         _expire(job.spec.ttl_seconds_after_finished, status, now, result)
@@ -277,12 +278,12 @@ def _reconcile_valid(job: AlignmentJob, old: JobStatus, observed: Observed, sett
 
     for observed_stage in list(status.stages):
         if job.stage(observed_stage.name) is not None and is_current(job.name, observed_stage):
-            status = _observe_run(job, status, observed_stage.name, jobs, observed, settings, now, result)
+            status = _observe_run(job, status, observed_stage.name, observed, settings, now, result)
 
     if job.spec.suspend:
         _suspend(job, status, now, result)
     elif not problems and not any(is_current(job.name, s) for s in status.stages):
-        status = _start_next(job, status, jobs, observed, settings, now, result)
+        status = _start_next(job, status, observed, settings, now, result)
     if problems and status.phase not in FINAL:
         # shown over the running stage's progress: the user has to act
         set_condition(status, "Progressing", False, "SpecChangeRefused",
@@ -293,88 +294,169 @@ def _reconcile_valid(job: AlignmentJob, old: JobStatus, observed: Observed, sett
     return status
 
 
-def _observe_run(job: AlignmentJob, status: JobStatus, stage_name: str, jobs: dict[str, JobView], observed: Observed,
+def _create_run(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, name: str) -> CreateRun:
+    return CreateRun(name, config.stage, build_run_configmap(job, config, name), build_stage_job(job, config, settings, name))
+
+
+# -- reading a stage's current run back: what is seen -> what follows -------------------------------------
+
+@dataclass(frozen=True)
+class RunView:
+    """What is seen of a stage's current run: its Job, its newest pod, the last error creating the Job."""
+
+    job: JobView | None = None
+    pod: PodView | None = None
+    create_error: CreateError | None = None
+
+    @classmethod
+    def of(cls, name: str, observed: Observed) -> "RunView":
+        job = next((j for j in reversed(observed.jobs) if j.name == name), None)  # the last view of a name wins
+        pods = sorted((p for p in observed.pods if p.job == name), key=lambda p: (p.created or "", p.name))
+        return cls(job, pods[-1] if pods else None, observed.create_errors.get(name))
+
+    @property
+    def pod_finished(self) -> bool:
+        return self.pod is not None and self.pod.finished
+
+
+@dataclass
+class CurrentRun:
+    """A stage's current run and what a response may read (the job, settings, progress) or add to
+    (the status, the reconciliation)."""
+
+    job: AlignmentJob
+    status: JobStatus
+    current: StageStatus
+    observed: Observed
+    settings: OperatorSettings
+    now: datetime
+    result: Reconciliation
+
+    @property
+    def name(self) -> str:
+        return self.current.job_name
+
+    @property
+    def label(self) -> str:
+        return _run_label(self.current)
+
+    def set_progressing(self, ok: bool, reason: str, message: str) -> None:
+        set_condition(self.status, "Progressing", ok, reason, message, self.now, self.job.metadata.generation)
+
+
+@dataclass(frozen=True)
+class RunRule:
+    """A row of ``RUN_RULES``: when ``applies`` to what is seen, ``respond`` acts and returns the
+    run's outcome to record, or None while the run goes on."""
+
+    name: str
+    applies: Callable[[RunView], bool]
+    respond: Callable[[CurrentRun, RunView], RunOutcome | None]
+
+
+def _pod_result(run: CurrentRun, seen: RunView) -> RunOutcome | None:
+    return pod_outcome(seen.pod)
+
+
+def _wait(run: CurrentRun, seen: RunView) -> None:
+    return None  # the watch wakes the next pass when the pod or the Job goes
+
+
+def _refused(run: CurrentRun, seen: RunView) -> RunOutcome:
+    return RunOutcome(exit_code=EXIT_CONFIG, reason="JobRejected",
+                      message=f"the API server refused Job {run.name}: {seen.create_error.message}")
+
+
+def _create_again(run: CurrentRun, seen: RunView) -> None:
+    # deleted, or the operator stopped between writing the status and creating it: the same name
+    # and attempt, so a second create answers 409 and never starts a second run
+    current = run.current
+    config = resolve_run(run.job, run.status, current.name, current.attempts, _defaults(run.job, run.settings),
+                         current.role or "all", current.round)
+    run.result.actions.append(_create_run(run.job, config, run.settings, run.name))
+    if seen.create_error is not None:
+        run.set_progressing(False, "CreateFailed", f"{run.label}: cannot create Job {run.name}: {seen.create_error.message}")
+        run.result.wake_in(CREATE_RETRY_SECONDS)
+
+
+def _deadline_exceeded(run: CurrentRun, seen: RunView) -> RunOutcome:
+    # the Job controller stopped the pod (it may even have exited 143 after a checkpoint): a failure
+    deadline = run.job.stage(run.current.name).active_deadline_seconds
+    return RunOutcome(exit_code=1, reason="DeadlineExceeded",
+                      message=f"{run.label} ran longer than activeDeadlineSeconds ({deadline} s)")
+
+
+def _result_lost(run: CurrentRun, seen: RunView) -> RunOutcome:
+    reason = "ResultLost" if seen.job.complete else (seen.job.failed_reason or "Error")
+    return RunOutcome(exit_code=1, reason=reason,
+                      message=seen.job.failed_message or f"Job {run.name} finished but its pod, and with it the result, is gone")
+
+
+def _wait_for_pod_status(run: CurrentRun, seen: RunView) -> None:
+    run.result.wake_in(POD_STATUS_WAIT_SECONDS)  # the pod's final status is on its way
+
+
+def _running(run: CurrentRun, seen: RunView) -> RunOutcome | None:
+    _show_progress(run, seen)
+    stalled = _stalled(run.job.stage(run.current.name), seen.pod, run.observed, run.settings, run.result)
+    if stalled is None:
+        return None
+    run.result.actions.append(DeleteRun(run.name, run.current.name, "Stalled"))
+    return RunOutcome(exit_code=1, reason="Stalled", message=f"{run.label}: {stalled}")
+
+
+# First match wins: a row may assume that no row above it matched (from "Job being deleted" on, the
+# Job exists). The last row matches whatever is left.
+RUN_RULES: tuple[RunRule, ...] = (
+    # someone deleted the Job: its finished pod still holds the result
+    RunRule("pod outlived its Job", lambda seen: seen.job is None and seen.pod_finished, _pod_result),
+    RunRule("Job gone, pod stopping", lambda seen: seen.job is None and seen.pod is not None, _wait),
+    RunRule("Job refused", lambda seen: seen.job is None and seen.create_error is not None and seen.create_error.permanent, _refused),
+    RunRule("Job missing", lambda seen: seen.job is None, _create_again),
+    RunRule("Job being deleted", lambda seen: seen.job.deleting, _wait),
+    RunRule("deadline exceeded", lambda seen: seen.job.failed and seen.job.failed_reason == "DeadlineExceeded", _deadline_exceeded),
+    RunRule("pod finished", lambda seen: seen.pod_finished, _pod_result),
+    RunRule("Job finished, pod gone", lambda seen: seen.job.finished and seen.pod is None, _result_lost),
+    RunRule("Job finished, pod status pending", lambda seen: seen.job.finished, _wait_for_pod_status),
+    RunRule("running", lambda seen: True, _running),
+)
+
+
+def match_run_rule(seen: RunView) -> RunRule:
+    return next(rule for rule in RUN_RULES if rule.applies(seen))
+
+
+def _observe_run(job: AlignmentJob, status: JobStatus, stage_name: str, observed: Observed,
                  settings: OperatorSettings, now: datetime, result: Reconciliation) -> JobStatus:
     """Read the current run of a stage back: record its outcome once it ended, or show where it is."""
-    generation = job.metadata.generation
-    stage = job.stage(stage_name)
-    current = status.stage(stage_name)
-    name = current.job_name
-    label = _run_label(current)
-    child = jobs.get(name)
-    pods = sorted((p for p in observed.pods if p.job == name), key=lambda p: (p.created or "", p.name))
-    pod = pods[-1] if pods else None
-
-    if child is None:
-        if pod is not None and pod.finished:
-            outcome = pod_outcome(pod)  # the Job was deleted by someone, its pod's result is still here
-        elif pod is not None:
-            return status  # the Job is gone and its pod is stopping: wait for it
-        else:
-            # missing (deleted, or the operator stopped between writing the status and creating
-            # it): create it again under the same name and attempt
-            error = observed.create_errors.get(name)
-            if error is not None and error.permanent:
-                outcome = RunOutcome(exit_code=EXIT_CONFIG, reason="JobRejected",
-                                     message=f"the API server refused Job {name}: {error.message}")
-                return record_outcome(job, status, stage_name, outcome, now)
-            config = resolve_run(job, status, stage_name, current.attempts, _defaults(job, settings),
-                                 current.role or "all", current.round)
-            result.actions.append(CreateRun(name, stage_name, build_run_configmap(job, config, name),
-                                            build_stage_job(job, config, settings, name)))
-            if error is not None:
-                set_condition(status, "Progressing", False, "CreateFailed", f"{label}: cannot create Job {name}: {error.message}",
-                              now, generation)
-                result.wake_in(CREATE_RETRY_SECONDS)
-            return status
-    elif child.deleting:
-        return status
-    elif child.failed and child.failed_reason == "DeadlineExceeded":
-        # the Job controller stopped the pod (it may even have exited 143 after a checkpoint)
-        outcome = RunOutcome(exit_code=1, reason="DeadlineExceeded",
-                             message=f"{label} ran longer than activeDeadlineSeconds ({stage.active_deadline_seconds} s)")
-    elif pod is not None and pod.finished:
-        outcome = pod_outcome(pod)
-    elif child.finished and pod is None:
-        reason = "ResultLost" if child.complete else (child.failed_reason or "Error")
-        outcome = RunOutcome(exit_code=1, reason=reason,
-                             message=child.failed_message or f"Job {name} finished but its pod, and with it the result, is gone")
-    elif child.finished:
-        result.wake_in(POD_STATUS_WAIT_SECONDS)  # the pod's final status is on its way
-        return status
-    else:
-        _show_progress(job, status, current, child, pod, observed, settings, now, result)
-        stalled = _stalled(stage, pod, observed, settings, result)
-        if stalled is None:
-            return status
-        result.actions.append(DeleteRun(name, stage_name, "Stalled"))
-        outcome = RunOutcome(exit_code=1, reason="Stalled", message=f"{label}: {stalled}")
-    return record_outcome(job, status, stage_name, outcome, now)
+    run = CurrentRun(job, status, status.stage(stage_name), observed, settings, now, result)
+    seen = RunView.of(run.name, observed)
+    outcome = match_run_rule(seen).respond(run, seen)
+    return status if outcome is None else record_outcome(job, status, stage_name, outcome, now)
 
 
-def _show_progress(job: AlignmentJob, status: JobStatus, current: StageStatus, child: JobView, pod: PodView | None,
-                   observed: Observed, settings: OperatorSettings, now: datetime, result: Reconciliation) -> None:
-    generation = job.metadata.generation
-    label = _run_label(current)
+def _show_progress(run: CurrentRun, seen: RunView) -> None:
+    child, pod = seen.job, seen.pod
+    label = run.label
     if pod is None and child.suspended:
-        queue = (job.metadata.labels or {}).get(KUEUE_QUEUE_LABEL)
+        queue = (run.job.metadata.labels or {}).get(KUEUE_QUEUE_LABEL)
         detail = f"waits for admission by Kueue (queue {queue})" if queue else "is suspended"
-        set_condition(status, "Progressing", True, "Queued", f"{label}: Job {child.name} {detail}", now, generation)
+        run.set_progressing(True, "Queued", f"{label}: Job {child.name} {detail}")
         return
     if pod is None or pod.phase == "Pending":
         problem = pod_problem(pod) if pod is not None else None
         if problem is not None:
-            set_condition(status, "Progressing", False, problem[0], f"{label}: {problem[1]}", now, generation)
+            run.set_progressing(False, problem[0], f"{label}: {problem[1]}")
         else:
-            set_condition(status, "Progressing", True, "StageStarting", f"{label}: starting (Job {child.name})", now, generation)
+            run.set_progressing(True, "StageStarting", f"{label}: starting (Job {child.name})")
         return
     message = f"{label} running (pod {pod.name})"
-    before = status.condition("Progressing")
+    before = run.status.condition("Progressing")
     if before is None or before.reason != "StageRunning" or before.message != message:
         waited = seconds_between(child.created, pod.running_since)
         if waited is not None:
-            result.observations.append(Observation("first_pod", current.name, waited))
-    set_condition(status, "Progressing", True, "StageRunning", message, now, generation)
+            run.result.observations.append(Observation("first_pod", run.current.name, waited))
+    run.set_progressing(True, "StageRunning", message)
 
 
 def _stalled(stage, pod: PodView | None, observed: Observed, settings: OperatorSettings, result: Reconciliation) -> str | None:
@@ -407,8 +489,8 @@ def _suspend(job: AlignmentJob, status: JobStatus, now: datetime, result: Reconc
     set_condition(status, "Progressing", False, "Suspended", "spec.suspend is true", now, generation)
 
 
-def _start_next(job: AlignmentJob, status: JobStatus, jobs: dict[str, JobView], observed: Observed,
-                settings: OperatorSettings, now: datetime, result: Reconciliation) -> JobStatus:
+def _start_next(job: AlignmentJob, status: JobStatus, observed: Observed, settings: OperatorSettings,
+                now: datetime, result: Reconciliation) -> JobStatus:
     generation = job.metadata.generation
     action = next_action(job, status, _defaults(job, settings), now)
     if isinstance(action, Wait):
@@ -437,9 +519,8 @@ def _start_next(job: AlignmentJob, status: JobStatus, jobs: dict[str, JobView], 
     started = status.stage(config.stage)
     if not started.spec_fingerprint:
         started.spec_fingerprint = spec_fingerprint(job, config.stage)
-    if name not in jobs:
-        result.actions.append(CreateRun(name, config.stage, build_run_configmap(job, config, name),
-                                        build_stage_job(job, config, settings, name)))
+    if not any(j.name == name for j in observed.jobs):
+        result.actions.append(_create_run(job, config, settings, name))
     set_condition(status, "Progressing", True, "StageStarting", f"{_run_label(started)}: starting (Job {name})", now, generation)
     return status
 
@@ -468,12 +549,17 @@ def _expire(ttl: int | None, status: JobStatus, now: datetime, result: Reconcili
 
 # -- what changed: events and metrics -------------------------------------------------------------------
 
+def _stage_changes(old: JobStatus, new: JobStatus) -> Iterator[tuple[StageStatus, StageStatus]]:
+    """(before, now) for each stage of ``new``; a stage new to the status starts from nothing."""
+    before = {s.name: s for s in old.stages}
+    for stage in new.stages:
+        yield before.get(stage.name) or StageStatus(name=stage.name), stage
+
+
 def transition_events(old: JobStatus, new: JobStatus) -> list[Event]:
     """One Kubernetes Event per transition between two statuses."""
     events: list[Event] = []
-    before = {s.name: s for s in old.stages}
-    for stage in new.stages:
-        prev = before.get(stage.name) or StageStatus(name=stage.name)
+    for prev, stage in _stage_changes(old, new):
         label = _run_label(stage)
         if stage.attempts > prev.attempts:
             events.append(Event("Normal", "StageStarted", f"{label} started: Job {stage.job_name}"))
@@ -508,9 +594,7 @@ def transition_events(old: JobStatus, new: JobStatus) -> list[Event]:
 
 def transition_observations(old: JobStatus, new: JobStatus) -> list[Observation]:
     out: list[Observation] = []
-    before = {s.name: s for s in old.stages}
-    for stage in new.stages:
-        prev = before.get(stage.name) or StageStatus(name=stage.name)
+    for prev, stage in _stage_changes(old, new):
         if stage.attempts > prev.attempts:
             out.append(Observation("attempt", stage.name, float(stage.attempts - prev.attempts)))
         if stage.failures > prev.failures:

@@ -4,7 +4,7 @@ and the checkpoint commit protocol (files first, ``manifest.json`` last).
 Layout: ``<prefix>/<namespace>/<job>/<stage>/[round-<n>/]checkpoint-<step>/``.
 """
 
-from alignops.storage.base import ObjectStore, StorageError, StorageOptions, open_store, split_uri
+from alignops.storage.base import ObjectStore, StorageError, StorageOptions, split_uri
 from alignops.storage.checkpoints import (
     CheckpointRef,
     ChecksumMismatch,
@@ -21,6 +21,7 @@ from alignops.storage.layout import (
     summary_key,
 )
 from alignops.storage.manifest import MANIFEST_NAME, Manifest, ManifestFile
+from alignops.storage.open import open_store
 
 __all__ = [
     "MANIFEST_NAME",

@@ -1,4 +1,5 @@
-"""The object-store interface, its local-directory backend, and ``open_store`` for any URI."""
+"""The object-store interface and its local-directory backend (``open_store`` in open.py picks a
+backend for a URI)."""
 
 from __future__ import annotations
 
@@ -193,13 +194,3 @@ class LocalStore(ObjectStore):
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
-
-
-def open_store(uri: str, options: StorageOptions | None = None) -> ObjectStore:
-    """The store whose root is ``uri`` (``file:///path`` or ``s3://bucket/prefix``)."""
-    scheme, bucket, path = split_uri(uri)
-    if scheme == "file":
-        return LocalStore(Path(path))
-    from alignops.storage.s3 import S3Store  # boto3 is only imported when S3 is used
-
-    return S3Store(bucket=bucket, prefix=path, options=options or StorageOptions())
