@@ -95,12 +95,16 @@ def test_rpo_adds_the_chosen_mean_nll():
     assert_close(out.chosen_rewards, t(0.5))
     # ipo at beta 0.5 is (2 - 1)^2 = 1 (test_ipo_hand_computed): 1 + 0.5; cdpo and simpo add the same 0.5
     assert_close(ipo(x, PreferenceOptions(beta=0.5, rpo_alpha=2.0)).losses, t(1.5))
-    # length-normalised IPO compares per-token means; the NLL term is the same 0.5
-    normalised = PreferenceOptions(beta=0.5, ipo_length_normalize=True)
-    assert_close(ipo(x, dataclasses.replace(normalised, rpo_alpha=2.0)).losses, ipo(x, normalised).losses + 0.5)
-    opts = PreferenceOptions(beta=0.5, label_smoothing=0.1)
-    assert_close(cdpo(x, dataclasses.replace(opts, rpo_alpha=2.0)).losses, cdpo(x, opts).losses + 0.5)
-    assert_close(simpo(x, PreferenceOptions(rpo_alpha=2.0)).losses, simpo(x, PreferenceOptions()).losses + 0.5)
+    # length-normalised IPO compares per-token means, pc = -1/4, pr = -3/2, rc = -1/2, rr = -1:
+    # z = (-1/4 + 3/2) - (-1/2 + 1) = 3/4 -> (3/4 - 1)^2 = 1/16; the NLL term is the same 0.5
+    normalised = PreferenceOptions(beta=0.5, ipo_length_normalize=True, rpo_alpha=2.0)
+    assert_close(ipo(x, normalised).losses, t(1 / 16 + 0.5))
+    # cdpo at beta 0.5, eps 0.1 (test_cdpo_hand_computed): 0.9 log(1 + e^-1) + 0.1 log(1 + e), + 0.5
+    smoothed = 0.9 * math.log(1 + math.exp(-1)) + 0.1 * math.log(1 + math.exp(1))
+    assert_close(cdpo(x, PreferenceOptions(beta=0.5, label_smoothing=0.1, rpo_alpha=2.0)).losses, t(smoothed + 0.5))
+    # simpo at its defaults beta 0.1, gamma 0.5: averages -1/4 and -3/2, 0.1 * 5/4 - 0.5 = -0.375:
+    # -log sigmoid(-0.375) = log(1 + e^0.375), + 0.5
+    assert_close(simpo(x, PreferenceOptions(rpo_alpha=2.0)).losses, t(math.log(1 + math.exp(0.375)) + 0.5))
 
 
 def test_rpo_gradient_lifts_the_chosen_log_prob():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -96,24 +97,52 @@ def test_ppo_records_value_loss_and_a_finite_loss(uninterrupted):
         assert math.isfinite(record["loss"]) and math.isfinite(record["value_loss"])
         assert record["logprob_gap"] < 1e-3  # the colocated engine samples with the trainer's own weights
         assert 0.0 <= record["clip_fraction"] <= 1.0
-    assert STATUS_KEYS <= set(expected["metrics"])
+    # the status figures are the round records' (rounded to 6 decimals): 3 rounds of 2 mini-batch
+    # steps, the reward mean of the first and last round, the last round's loss and KL, the last
+    # held-out accuracy
+    metrics = expected["metrics"]
+    assert STATUS_KEYS <= set(metrics)
+    assert (metrics["rounds"], metrics["steps"]) == (3, 6)
+    last = records[-1]
+    for key, value in (("rewardFirst", records[0]["reward_mean"]), ("rewardLast", last["reward_mean"]), ("loss", last["loss"]),
+                       ("kl", last["kl"]), ("accuracyAfter", [r["accuracy"] for r in records if "accuracy" in r][-1])):
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def _documented_series(doc: str) -> dict[str, str]:
+    """rl.stage's metrics table as {record key: Prometheus series}. A row lists its keys and their
+    series in the same order; a series written ``_x`` is short for ``alignops_stage_x``, one ending
+    in ``...`` is a prefix, and keys past the last listed series (``step, total_steps``) have none."""
+    lines = doc.splitlines()
+    borders = [i for i, line in enumerate(lines) if re.fullmatch(r"=+( +=+)+", line)]
+    table: dict[str, str] = {}
+    for line in lines[borders[1] + 1 : borders[2]]:
+        keys, series, _meaning = re.split(r"  +", line.strip(), maxsplit=2)
+        expanded = [f"alignops_stage{name}" if name.startswith("_") else name for name in map(str.strip, series.split(","))]
+        table.update(zip(map(str.strip, keys.split(",")), expanded))
+    return table
 
 
 def test_every_round_metric_is_in_the_prometheus_table(uninterrupted):
-    import re
-
     from alignops.metrics import names
     from alignops.workloads.rl import stage as rl
 
     base, _ = uninterrupted
     doc = rl.__doc__
+    table = _documented_series(doc)
     for record in metrics_records(base / "metrics.jsonl"):
         for key, value in record.items():
             if key in ("time", "round") or not isinstance(value, (int, float)):
                 continue
             listed = "reward_<function>" if key.startswith("reward_") and key not in ("reward_mean", "reward_std") else key
-            assert re.search(rf"(^|[ ,]){re.escape(listed)}([ ,]|$)", doc, re.M), f"{key} is not in rl.py's metrics table"
-            assert names.record_metric(key).name.startswith("alignops_stage_")
+            assert re.search(rf"(^|[ ,]){re.escape(listed)}([ ,]|$)", doc, re.M), f"{key} is not in rl.stage's metrics table"
+            # the gauge the exporter makes of the key is the series the table names for it
+            series, documented = names.record_metric(key).name, table.get(listed)
+            if listed == "reward_<function>":
+                assert series == documented.replace("<function>", key[len("reward_"):]), (key, series)
+            elif documented is not None and documented.endswith("..."):
+                assert series.startswith(documented[:-3]), (key, series, documented)
+            elif documented is not None:
+                assert series == documented, (key, series, documented)
     for key in ("reward_mean", "kl", "logprob_gap", "tokens_per_second_generate", "time_generate", "clip_fraction"):
-        series = names.record_metric(key).name
-        assert series in doc or series.split("alignops_stage")[1] in doc, (key, series)
+        assert table[key] == names.record_metric(key).name, key

@@ -70,10 +70,15 @@ def test_recipe_runs_and_its_comparison_stage_learns(recipe: Path, tmp_path: Pat
         metrics = observed[stage.name]["metrics"]
         for key in ("accuracyBefore", "accuracyAfter", "loss", "lossFirst"):
             assert key in metrics, f"{stage.name}: {key} missing from {sorted(metrics)}"
-        assert 0.0 <= metrics["accuracyBefore"] <= 1.0 and 0.0 <= metrics["accuracyAfter"] <= 1.0
-        losses = [r["loss"] for r in map(json.loads, (tmp_path / job.name / stage.name / "metrics.jsonl").read_text().splitlines())
-                  if "loss" in r]
+        assert 0.0 <= metrics["accuracyBefore"] <= 1.0
+        records = [json.loads(line) for line in (tmp_path / job.name / stage.name / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in records if "loss" in r]
         assert len(losses) == 24
+        # the status figures are the run's own (rounded to 6 decimals): first and last logged loss,
+        # and the held-out accuracy of the record that closes the log
+        assert metrics["lossFirst"] == pytest.approx(losses[0], abs=1e-6), stage.name
+        assert metrics["loss"] == pytest.approx(losses[-1], abs=1e-6), stage.name
+        assert metrics["accuracyAfter"] == pytest.approx(records[-1]["accuracy"], abs=1e-6), stage.name
         # the mean of the last 5 steps' losses below the mean of the first 5 (single steps are noisy)
         assert mean(losses[-5:]) < mean(losses[:5]), f"{stage.name}: loss did not fall: {losses}"
 

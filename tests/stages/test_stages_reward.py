@@ -44,4 +44,18 @@ from alignops.workloads.models.scoring import reward_scores
         batch = tokenizer(["<s>12+30=42</s>", "<s>12+30=41</s>"], add_special_tokens=False, return_tensors="pt")
         theirs = model(**batch).logits[:, 0]
     assert torch.allclose(ours, theirs, atol=1e-5)
-    assert result["metrics"]["accuracyAfter"] >= 0.0 and "rewardMarginAfter" in result["metrics"]
+
+    # the held-out figures after training, recomputed from the checkpoint in plain HF: the 16
+    # pairs of the generator's held-out split (evalSize 16, format pairs; chosen is the right sum),
+    # accuracy = share with score(chosen) > score(rejected), margin = mean of the differences
+    from alignops.demo.arithmetic import generate
+
+    held = generate("pairs", 16, 3, held_out=True)
+    texts = [f"<s>{r['prompt']}{r[side]}</s>" for side in ("chosen", "rejected") for r in held]
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        scores = model(**batch).logits[:, 0]
+    chosen, rejected = scores[:16], scores[16:]
+    metrics = result["metrics"]
+    assert metrics["accuracyAfter"] == pytest.approx(float((chosen > rejected).float().mean()), abs=1e-9)
+    assert metrics["rewardMarginAfter"] == pytest.approx(float((chosen - rejected).mean()), abs=1e-4)

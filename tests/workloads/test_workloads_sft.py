@@ -56,17 +56,33 @@ def test_sft_trains_commits_and_the_checkpoint_loads_with_transformers(tmp_path)
     records = _records(tmp_path, "a")
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 30 and losses[-1] < losses[0] * 0.8, losses
-    # the held-out figures close the metrics log (the dashboard's accuracy panel reads them)
-    assert records[-1]["step"] == 30 and {"accuracy", "eval_loss"} <= set(records[-1])
     metrics = result["metrics"]
     assert {"loss", "lossFirst", "evalLossBefore", "evalLossAfter", "accuracyBefore", "accuracyAfter"} <= set(metrics)
+    # the held-out figures after training close the metrics log (the dashboard's accuracy panel
+    # reads them); the result rounds to 6 decimals
+    assert records[-1]["step"] == 30
+    assert records[-1]["accuracy"] == pytest.approx(metrics["accuracyAfter"], abs=1e-6)
+    assert records[-1]["eval_loss"] == pytest.approx(metrics["evalLossAfter"], abs=1e-6)
+    assert metrics["loss"] == pytest.approx(losses[-1], abs=1e-6) and metrics["lossFirst"] == pytest.approx(losses[0], abs=1e-6)
     assert metrics["evalLossAfter"] < metrics["evalLossBefore"]
     directory = uri[len("file://"):]
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    ids = tokenizer("12+3=", return_tensors="pt").input_ids
-    assert model(ids).logits.shape[-1] == len(tokenizer)
     assert os.path.exists(os.path.join(directory, "model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    # plain HF on the checkpoint gives the stage's evalLossAfter: the mean NLL of the response
+    # tokens (completion + eos) of the 8 held-out records (evalSize 8), each scored on its own
+    from alignops.demo.arithmetic import generate
+
+    nll, tokens = 0.0, 0
+    for record in generate("sft", 8, 0, held_out=True):
+        prompt = tokenizer(f"<s>{record['prompt']}", add_special_tokens=False).input_ids
+        ids = torch.tensor([prompt + tokenizer(f"{record['completion']}</s>", add_special_tokens=False).input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+        targets = ids[0, len(prompt):]
+        nll -= float(logp[len(prompt) - 1 :].gather(-1, targets.unsqueeze(-1)).sum())
+        tokens += len(targets)
+    assert nll / tokens == pytest.approx(metrics["evalLossAfter"], abs=1e-4)
     # retention kept the newest 2 committed checkpoints
     committed = sorted(p.name for p in (tmp_path / "store/default/demo/sft").iterdir())
     assert committed == ["checkpoint-20", "checkpoint-30"]
@@ -141,4 +157,12 @@ def test_result_fits_the_termination_message():
     text = StageResult("s3://bucket/" + "k" * 200, metrics, "m" * 5000).encode()
     assert len(text.encode()) <= RESULT_LIMIT
     decoded = json.loads(text)
-    assert decoded["checkpointUri"].startswith("s3://bucket/") and decoded["metrics"]
+    # the URI whole, the message at its 1024-character cap (cut further only once no metric is
+    # left), and metrics dropped from the end: the first N, rounded to 6 decimals
+    assert decoded["checkpointUri"] == "s3://bucket/" + "k" * 200
+    assert decoded["message"] == "m" * 1024
+    kept = len(decoded["metrics"])
+    assert 0 < kept < 400
+    assert decoded["metrics"] == {f"metric{i:03d}": round(1.0 / (i + 1), 6) for i in range(kept)}
+    # and no more than needed: the next metric, ',"metricNNN":value', would not have fitted
+    assert len(text.encode()) + len(f',"metric{kept:03d}":{round(1.0 / (kept + 1), 6)}') > RESULT_LIMIT
