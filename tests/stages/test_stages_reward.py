@@ -31,7 +31,7 @@ def test_rankings_train_plackett_luce_and_the_checkpoint_loads_in_transformers(s
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from alignops.workloads.data.sft import reward_example
-from alignops.workloads.models.scoring import reward_scores
+    from alignops.workloads.models.scoring import reward_scores
 
     directory = Path(result["checkpointUri"].removeprefix("file://"))
     model = AutoModelForSequenceClassification.from_pretrained(directory).eval()

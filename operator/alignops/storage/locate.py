@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from alignops.storage.base import ObjectStore, StorageOptions, open_store, split_uri
+from alignops.storage.base import ObjectStore, StorageOptions, split_uri
+from alignops.storage.open import open_store
 
 
 def locate(uri: str, options: StorageOptions | None = None) -> tuple[ObjectStore, str]:
