@@ -105,7 +105,7 @@ def run_trl(policy: Path, records: list[dict], args, workdir: Path) -> dict:
 
     from alignops.demo.arithmetic import is_correct
     from alignops.workloads.data.batching import encode_prompt
-from alignops.workloads.evaluation.generation import greedy_accuracy
+    from alignops.workloads.evaluation.generation import greedy_accuracy
     from alignops.workloads.models.loading import load_tokenizer
 
     torch.manual_seed(0)
