@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from urllib.parse import urlsplit
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from alignops.api.base import ApiModel
 
@@ -65,7 +67,8 @@ class StorageSpec(ApiModel):
         description="Root of the job's objects: s3://bucket/prefix, or file:///path for local runs.",
     )
     endpoint: str | None = Field(
-        None, max_length=512, pattern=r"^https?://", description="S3 endpoint URL for MinIO, Ceph RGW or other S3-compatible servers."
+        None, max_length=512, pattern=r"^https?://[^/@\s]+([/?#]\S*)?$",
+        description="S3 endpoint URL for MinIO, Ceph RGW or other S3-compatible servers (no credentials in it).",
     )
     region: str | None = Field(None, max_length=64, description="S3 region, e.g. us-east-1.")
     secret_name: str | None = Field(
@@ -75,6 +78,15 @@ class StorageSpec(ApiModel):
         description="Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) become the stage pods' environment.",
     )
     path_style: bool = Field(False, description="Use path-style addressing (MinIO, Ceph RGW).")
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _no_credentials_in_endpoint(cls, value):
+        # a URL's user:password would be copied into every stage's config, the status and the logs
+        if isinstance(value, str) and "@" in urlsplit(value).netloc:
+            raise ValueError("the endpoint holds credentials (user:password@); remove them and put "
+                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the Secret named by storage.secretName")
+        return value
 
 
 class StageRef(ApiModel):

@@ -4,6 +4,7 @@ checks for ``kubectl apply``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from pydantic import ValidationError
 from alignops.api.base import camel_case
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
+
+
+OBJECT_SIZE_LIMIT = 1_572_864  # etcd's default request size limit, which bounds every object
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ def parse_job(document: Any) -> AlignmentJob:
     """An AlignmentJob from a manifest dict; raises InvalidManifest listing every error."""
     if not isinstance(document, dict):
         raise InvalidManifest([FieldError("", "the manifest must be a YAML mapping with apiVersion, kind, metadata and spec")])
+    size = len(json.dumps(document, separators=(",", ":"), default=str).encode())
+    if size > OBJECT_SIZE_LIMIT:
+        raise InvalidManifest([FieldError("", f"the manifest is {size} bytes as JSON; the API server stores at most "
+                                              f"{OBJECT_SIZE_LIMIT} bytes (1.5 MiB) per object: keep datasets in storage, not inline")])
     try:
         job = AlignmentJob.model_validate(document)
     except ValidationError as exc:
@@ -110,11 +118,21 @@ def parse_job(document: Any) -> AlignmentJob:
     return job
 
 
-def read_manifest(path: str | Path) -> Any:
+def read_manifest_text(path: str | Path) -> str:
+    """A manifest file's text; UnreadableManifest (exit 2) when it cannot be read or is not UTF-8."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise UnreadableManifest(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UnreadableManifest(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save it as UTF-8") from None
+
+
+def read_manifest(path: str | Path) -> Any:
+    text = read_manifest_text(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,7 +9,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from alignops.api.validation import InvalidManifest, UnreadableManifest, parse_job
+from alignops.api.validation import InvalidManifest, UnreadableManifest, parse_job, read_manifest_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -20,10 +20,7 @@ EXIT_UNREADABLE = 2
 
 
 def _documents(path: Path) -> list:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UnreadableManifest(f"cannot read {path}: {exc.strerror or exc}") from None
+    text = read_manifest_text(path)
     try:
         return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:

@@ -20,6 +20,10 @@ class ChecksumMismatch(StorageError):
     """A file read back differs from what the manifest committed."""
 
 
+class NotCommitted(StorageError):
+    """No committed checkpoint at a key: no manifest.json (never written, or an upload cut short)."""
+
+
 @dataclass(frozen=True)
 class CheckpointRef:
     key: str
@@ -81,7 +85,7 @@ def read_manifest(store: ObjectStore, key: str) -> Manifest:
     try:
         return Manifest.from_json(store.get_bytes(join_key(key, MANIFEST_NAME)))
     except ObjectNotFound:
-        raise StorageError(f"{store.uri_for(key)} is not a committed checkpoint (no {MANIFEST_NAME})") from None
+        raise NotCommitted(f"{store.uri_for(key)} is not a committed checkpoint (no {MANIFEST_NAME})") from None
 
 
 def fetch_checkpoint(store: ObjectStore, key: str, cache_dir: Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alignops.contract import StageRunConfig
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
-from alignops.storage.checkpoints import CheckpointRef
+from alignops.storage.checkpoints import CheckpointRef, ChecksumMismatch, NotCommitted
 from alignops.storage.locate import locate
 
 
@@ -76,7 +76,14 @@ class RunContext:
         if not uri.startswith(("s3://", "file://")):
             raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
         store, key = locate(uri, self.storage_options)
-        return fetch_checkpoint(store, key, self.scratch / "inputs")
+        try:
+            return fetch_checkpoint(store, key, self.scratch / "inputs")
+        except NotCommitted as exc:  # a path that holds no checkpoint never will: no retry
+            raise ConfigError(f"{exc}; check the model or input uri (a stage's output is its checkpointUri)") from None
+        except ChecksumMismatch as exc:
+            if store.local_path(key) is None:
+                raise  # a download can be cut short: worth a retry
+            raise ConfigError(f"corrupt checkpoint: {exc}; commit it again or point at another checkpoint") from None
 
 
 def make_context(config: StageRunConfig) -> RunContext:

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignops.workloads.data.records import DatasetError
+from typing import Callable, TypeVar
+
+from alignops.workloads.data.records import DatasetError, Records
+from alignops.workloads.data.sft import text_field
+
+T = TypeVar("T")
+
+
+def _each(records: list[dict], fn: Callable[[dict], T]) -> list[T]:
+    """``fn`` per record; with ``Records`` an error names the record's file and line."""
+    return records.each(fn) if isinstance(records, Records) else [fn(r) for r in records]
 
 
 @dataclass(frozen=True)
@@ -56,32 +66,34 @@ def _record_kind(record: dict) -> str:
 
 def _ranking(record: dict) -> Comparison:
     responses, ranking = record["responses"], record["ranking"]
-    if sorted(ranking) != list(range(len(responses))) or len(responses) < 2:
-        raise DatasetError(f"`ranking` must order all {len(responses)} responses (indices, best first); got {ranking}")
+    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+        raise DatasetError("field `responses` must be a list of strings")
+    if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))) or len(responses) < 2:
+        raise DatasetError(f"field `ranking` must order all {len(responses)} responses (indices, best first); got {ranking}")
     scores = record.get("scores")
     if scores is not None and len(scores) != len(responses):
-        raise DatasetError(f"`scores` has {len(scores)} entries for {len(responses)} responses")
+        raise DatasetError(f"field `scores` has {len(scores)} entries for {len(responses)} responses")
     return Comparison(
-        prompt=record["prompt"],
+        prompt=text_field(record, "prompt"),
         responses=tuple(responses[i] for i in ranking),
         scores=tuple(float(scores[i]) for i in ranking) if scores is not None else None,
     )
 
 
+def _comparison(record: dict) -> Comparison:
+    kind = _record_kind(record)
+    if kind == "pairs":
+        margin = record.get("margin")
+        return Comparison(text_field(record, "prompt"), (text_field(record, "chosen"), text_field(record, "rejected")),
+                          margin=float(margin) if margin is not None else None)
+    if kind == "rankings":
+        return _ranking(record)
+    raise DatasetError("unpaired records (prompt/completion/label) have no comparison; use pairs or rankings here")
+
+
 def to_comparisons(records: list[dict]) -> list[Comparison]:
     """Pairs and rankings as comparisons (best first). Unpaired records cannot be ranked."""
-    out = []
-    for record in records:
-        kind = _record_kind(record)
-        if kind == "pairs":
-            margin = record.get("margin")
-            out.append(Comparison(record["prompt"], (record["chosen"], record["rejected"]),
-                                  margin=float(margin) if margin is not None else None))
-        elif kind == "rankings":
-            out.append(_ranking(record))
-        else:
-            raise DatasetError("unpaired records (prompt/completion/label) have no comparison; use pairs or rankings here")
-    return out
+    return _each(records, _comparison)
 
 
 def to_pairs(comparisons: list[Comparison]) -> list[Comparison]:
@@ -96,18 +108,18 @@ def to_pairs(comparisons: list[Comparison]) -> list[Comparison]:
     return out
 
 
+def _unpaired(record: dict) -> list[Unpaired]:
+    if _record_kind(record) == "unpaired":
+        label = record["label"]
+        if not isinstance(label, bool):
+            raise DatasetError(f"field `label` must be true or false; got {label!r}")
+        return [Unpaired(text_field(record, "prompt"), text_field(record, "completion"), label)]
+    comparison = _comparison(record)
+    return ([Unpaired(comparison.prompt, comparison.responses[0], True)]
+            + [Unpaired(comparison.prompt, r, False) for r in comparison.responses[1:]])
+
+
 def to_unpaired(records: list[dict]) -> list[Unpaired]:
     """Unpaired records as they are; a pair or ranking gives its best response as desirable and the
     others as undesirable (how TRL turns preference data into KTO data)."""
-    out = []
-    for record in records:
-        if _record_kind(record) == "unpaired":
-            label = record["label"]
-            if not isinstance(label, bool):
-                raise DatasetError(f"`label` must be true or false; got {label!r}")
-            out.append(Unpaired(record["prompt"], record["completion"], label))
-            continue
-        for comparison in to_comparisons([record]):
-            out.append(Unpaired(comparison.prompt, comparison.responses[0], True))
-            out += [Unpaired(comparison.prompt, r, False) for r in comparison.responses[1:]]
-    return out
+    return [u for group in _each(records, _unpaired) for u in group]

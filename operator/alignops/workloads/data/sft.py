@@ -14,6 +14,12 @@ class SftExample:
     input_ids: list[int]
     labels: list[int]
     source: str | None = None
+    empty_response: bool = False  # the record's response text was empty (only eos is learnt)
+
+    @property
+    def learns(self) -> bool:
+        """Whether any response token survived truncation to maxLength."""
+        return any(label != IGNORE_INDEX for label in self.labels)
 
 
 def sft_prompt_and_response(record: dict, tokenizer) -> tuple[str, str]:
@@ -21,13 +27,25 @@ def sft_prompt_and_response(record: dict, tokenizer) -> tuple[str, str]:
     (the last assistant turn is the response) or ``prompt``/``completion``."""
     if "messages" in record:
         messages = record["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DatasetError("field `messages` must be a list of {role, content} objects")
+        for m in messages:
+            text_field(m, "content", "messages[].content")
         if not messages or messages[-1].get("role") != "assistant":
             raise DatasetError("a `messages` record must end with an assistant message")
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         return prompt, messages[-1]["content"]
     if "prompt" in record and "completion" in record:
-        return record["prompt"], record["completion"]
+        return text_field(record, "prompt"), text_field(record, "completion")
     raise DatasetError(f"an SFT record needs `messages` or `prompt` and `completion`; got keys {sorted(record)}")
+
+
+def text_field(record: dict, name: str, label: str | None = None) -> str:
+    """``record[name]``, which must be a string (a number or a list is a data error, not a crash)."""
+    value = record[name]
+    if not isinstance(value, str):
+        raise DatasetError(f"field `{label or name}` must be a string, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
 
 
 def tokenize_sft(record: dict, tokenizer, max_length: int) -> SftExample:
@@ -46,7 +64,7 @@ def _tokenize(prompt: str, response: str, tokenizer, max_length: int, source: st
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     input_ids = (bos + prompt_ids + response_ids)[:max_length]
     labels = ([IGNORE_INDEX] * (len(bos) + len(prompt_ids)) + response_ids)[:max_length]
-    return SftExample(input_ids=input_ids, labels=labels, source=source)
+    return SftExample(input_ids=input_ids, labels=labels, source=source, empty_response=not response)
 
 
 def reward_example(prompt: str, response: str, tokenizer, max_length: int) -> SftExample:

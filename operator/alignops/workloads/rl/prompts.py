@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import ConfigError, RunContext
-from alignops.workloads.data.records import load_records
+from alignops.workloads.data.records import DatasetError, load_records
+from alignops.workloads.data.sft import text_field
 from alignops.workloads.data.held_out import held_out_source
 from alignops.workloads.training.order import epoch_permutation
 
@@ -13,10 +14,10 @@ from alignops.workloads.training.order import epoch_permutation
 def prompt_text(record: dict, tokenizer) -> str:
     """A prompt record's text: ``prompt``, or chat ``messages`` through the tokenizer's template."""
     if "prompt" in record:
-        return record["prompt"]
+        return text_field(record, "prompt")
     if "messages" in record:
         return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
-    raise ConfigError(f"a prompt record needs `prompt` or `messages`; got keys {sorted(record)}")
+    raise DatasetError(f"a prompt record needs `prompt` or `messages`; got keys {sorted(record)}")
 
 
 def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -24,8 +25,8 @@ def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[lis
     if ctx.config.datasets is None:
         raise ConfigError("datasets.train is required for an rl stage (records with `prompt`, and `answer` for verifiers)")
     options = ctx.storage_options
-    train = [{"prompt": prompt_text(r, tokenizer), "answer": r.get("answer")}
-             for r in load_records(ctx.config.datasets.train, "prompts", options=options)]
+    records = load_records(ctx.config.datasets.train, "prompts", options=options)
+    train = records.each(lambda r: {"prompt": prompt_text(r, tokenizer), "answer": r.get("answer")})
     source, verifiable = held_out_source(ctx, hp.eval_size)
     held = load_records(source, "prompts", held_out=verifiable, options=options) if source is not None else []
     held = [{"prompt": prompt_text(r, tokenizer), "answer": str(r["answer"])} for r in held if r.get("answer") is not None]
