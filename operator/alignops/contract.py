@@ -57,6 +57,21 @@ class Inputs(_Wire):
     reward_model: str | None = None
 
 
+class DistributedRun(_Wire):
+    """How many processes a stage run trains on and how (resolved from resources.gpus/nodes and the
+    stage's ``distributed`` settings by the planner)."""
+
+    processes_per_node: int = Field(1, ge=1, description="Worker processes on each node (one per GPU; gloo on the CPU).")
+    nodes: int = Field(1, ge=1, description="Nodes of the run.")
+    zero_stage: int | None = Field(None, ge=0, le=3, description="DeepSpeed ZeRO stage; None trains without DeepSpeed.")
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.processes_per_node * self.nodes
+
+
 class StageRunConfig(_Wire):
     """The resolved configuration of one stage run (the planner's ``resolve_run`` makes it)."""
 
@@ -76,6 +91,7 @@ class StageRunConfig(_Wire):
     stage_key: str
     # every stage in spec order, for the job summary a stage writes (name -> checkpoint so far)
     pipeline: list[str] = Field(default_factory=list)
+    distributed: DistributedRun = Field(default_factory=DistributedRun)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1)

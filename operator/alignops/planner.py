@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
 from alignops.api.status import Condition, JobStatus, StageStatus
-from alignops.contract import EXIT_CONFIG, EXIT_OK, EXIT_SIGTERM, Inputs, JobRef, StageRunConfig, StorageTarget
+from alignops.api.distributed import DEFAULT_ZERO_STAGE
+from alignops.contract import EXIT_CONFIG, EXIT_OK, EXIT_SIGTERM, DistributedRun, Inputs, JobRef, StageRunConfig, StorageTarget
 from alignops.storage.layout import stage_prefix
 
 RETRY_BASE_SECONDS = 10
@@ -178,7 +179,23 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
         ),
         stage_key=stage_prefix(namespace, job.name, stage.name),
         pipeline=[s.name for s in job.spec.stages],
+        distributed=resolve_distributed(stage, role),
     )
+
+
+def resolve_distributed(stage, role: str) -> DistributedRun:
+    """The processes of a run and its ZeRO settings: one process per GPU (``resources.gpus``, at
+    least one), DeepSpeed ZeRO-2 by default on more than one; a split rl stage's rollout run samples
+    in one process."""
+    settings = stage.distributed
+    processes = 1 if role == "rollout" else max(1, stage.resources.gpus)
+    nodes = 1 if role == "rollout" else stage.resources.nodes
+    zero = settings.zero_stage if settings is not None else None
+    if zero is None and (processes * nodes > 1 or (settings is not None and (settings.offload_optimizer or settings.offload_parameters))):
+        zero = DEFAULT_ZERO_STAGE
+    return DistributedRun(processes_per_node=processes, nodes=nodes, zero_stage=zero,
+                          offload_optimizer=bool(settings and settings.offload_optimizer),
+                          offload_parameters=bool(settings and settings.offload_parameters))
 
 
 def retry_failed(status: JobStatus) -> JobStatus:

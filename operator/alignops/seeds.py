@@ -7,6 +7,8 @@ Streams (coordinates, where):
 - PPO mini-batches: (ROUND, round), (MINIBATCH_EPOCH, epoch); workloads/rl/update.py
 - rollout sampling: (ROUND, round), (GENERATE_CALL, call); workloads/rl/sampling.py
 - demo record formats: (RECORD_FORMAT, 1); demo/arithmetic.py
+- a process's random streams on a resume at another process count: (PROCESS, rank), (STEP, step);
+  workloads/training/state.py
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ ROUND = 1_000_003
 MINIBATCH_EPOCH = 101
 GENERATE_CALL = 1_000
 RECORD_FORMAT = 7919
+PROCESS = 1_009
+STEP = 10_007
 
 
 def derive_seed(seed: int, *coordinates: tuple[int, int]) -> int:

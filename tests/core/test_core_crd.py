@@ -82,7 +82,8 @@ CEL_TARGETS = {
     "fromStage names a later stage": "policy.fromStage must name an earlier stage",
     "fromStage names an unknown stage": "policy.fromStage must name an earlier stage",
     "reference to a stage of the wrong kind": "must name a stage that produces a policy",
-    "two GPUs while unsupported": "resources.gpus",
+    "batch not split evenly across GPUs": "batchSize must be a multiple of resources.gpus",
+    "offloadParameters without ZeRO-3": "offloadParameters needs distributed.zeroStage: 3",
     "invalid metadata.name": "metadata.name must be a DNS-1123 label",
 }
 

@@ -48,7 +48,10 @@ BROKEN = [
     ("wrong apiVersion", lambda j: j.update(apiVersion="alignops.io/v1"), "apiVersion", "alignops.io/v1alpha1"),
     ("wrong kind", lambda j: j.update(kind="TrainJob"), "kind", "AlignmentJob"),
     ("no stages", lambda j: j["spec"].update(stages=[]), "spec.stages", "at least 1 item"),
-    ("two GPUs while unsupported", lambda j: _stage(j, 0).update(resources={"gpus": 2}), "spec.stages[0].resources.gpus", "set gpus: 1"),
+    ("batch not split evenly across GPUs", lambda j: (_stage(j, 0).update(resources={"gpus": 3}), _stage(j, 0)["hyperparameters"].update(batchSize=16)),
+     "spec.stages[0].hyperparameters.batchSize", "multiple of 3"),
+    ("offloadParameters without ZeRO-3", lambda j: _stage(j, 0).update(distributed={"zeroStage": 2, "offloadParameters": True}),
+     "spec.stages[0].distributed", "needs zeroStage: 3"),
     ("storage URI with an unknown scheme", lambda j: j["spec"].update(storage={"uri": "gs://bucket/x"}), "spec.storage.uri", "match pattern"),
 ]
 

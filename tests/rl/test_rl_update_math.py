@@ -17,7 +17,9 @@ from alignops.workloads.rl.prompts import round_prompts
 from alignops.workloads.rl.trainer import logprob_gap
 from alignops.workloads.rl.batch import pack
 from alignops.workloads.rl.store import Rollout
+from alignops.workloads.distributed import SINGLE
 from alignops.workloads.training.loop import TrainLoop
+from alignops.contract import DistributedRun
 from alignops.workloads.rl.update import PolicyUpdate, RlPlan, minibatch_order, prepare_round
 
 
@@ -93,7 +95,8 @@ def test_kl_in_the_loss_leaves_the_advantages_to_the_outcome():
 def _loop(model, hp, lr=0.1):
     """The stage's TrainLoop with plain SGD in its engine: a step then moves the weights by exactly
     lr * gradient, so runs that must take the same step can be compared exactly."""
-    loop = TrainLoop(None, model, hp, None, lambda directory: None, total_steps=100)
+    context = types.SimpleNamespace(world=SINGLE, config=types.SimpleNamespace(distributed=DistributedRun()))
+    loop = TrainLoop(context, model, hp, None, lambda directory: None, total_steps=100)
     loop.engine.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loop.engine.scheduler = torch.optim.lr_scheduler.LambdaLR(loop.engine.optimizer, lambda s: 1.0)
     return loop

@@ -1,6 +1,6 @@
 """The training loop's parts on their own: TrainState save/restore, the plain engine behind the
-seam (per-group clipping), one optimizer_step against a hand-written PyTorch step, the data order
-and the seed streams."""
+seam (each trained model clipped on its own), one optimizer_step against a hand-written PyTorch
+step, the data order and the seed streams."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from alignops.api.hyperparameters import SftHyperparameters
-from alignops.contract import StageResult
+from alignops.contract import DistributedRun, StageResult
 from alignops.seeds import EPOCH, GENERATE_CALL, MINIBATCH_EPOCH, RECORD_FORMAT, ROUND, derive_seed
-from alignops.workloads.training.engine import PlainEngine
+from alignops.workloads.distributed import SINGLE
+from alignops.workloads.training.engine import PlainEngine, Trainable
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
 from alignops.workloads.training.order import DataOrder, epoch_permutation
 from alignops.workloads.training.state import TrainState
@@ -21,6 +22,10 @@ from alignops.workloads.training.state import TrainState
 def _hp(**values):
     return SftHyperparameters.model_validate({"learningRate": 0.1, "warmupSteps": 0, "lrScheduler": "constant",
                                               "maxGradNorm": 1.0, "maxSteps": 10, **values})
+
+
+# what TrainLoop reads of a stage run's context when it never commits
+CONTEXT = types.SimpleNamespace(world=SINGLE, config=types.SimpleNamespace(distributed=DistributedRun()))
 
 
 def _model(seed=0):
@@ -38,8 +43,8 @@ def _loss(model, rows):
 def test_optimizer_step_is_the_plain_pytorch_step():
     hp = _hp(gradientAccumulationSteps=2)
     ours, theirs = _model(), _model()
-    loop = TrainLoop(None, ours, hp, None, lambda d: None, total_steps=10)
-    out = loop.optimizer_step([[0, 1], [2, 3]], lambda rows: _loss(ours, rows), divisor=2)
+    loop = TrainLoop(CONTEXT, ours, hp, None, lambda d: None, total_steps=10)
+    out = loop.optimizer_step([[0, 1], [2, 3]], lambda rows: _loss(ours, rows), lambda rows: 0.5)
 
     # the same step written out: AdamW, mean of the two micro-batch losses, clip to 1, one step
     optimizer = torch.optim.AdamW(theirs.parameters(), lr=0.1, weight_decay=hp.weight_decay)
@@ -49,21 +54,26 @@ def test_optimizer_step_is_the_plain_pytorch_step():
     norm = torch.nn.utils.clip_grad_norm_(list(theirs.parameters()), 1.0)
     optimizer.step()
 
-    assert out.loss == pytest.approx(sum(float(l.detach()) for l in losses) / 2)
+    assert float(out.loss) == pytest.approx(sum(float(l.detach()) for l in losses) / 2)
     assert out.grad_norms == [pytest.approx(float(norm))]
     assert out.tokens == 4 and out.metrics == {"rows": 2.0}  # (2 + 2) / 2
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a, b)
-    assert (loop.state.step, loop.state.tokens_seen, loop.state.last_loss) == (1, 4, out.loss)
+    assert (loop.state.step, loop.state.tokens_seen) == (1, 4)
+    loop._settle_loss()  # read back at log steps and commits, not every step
+    assert loop.state.last_loss == pytest.approx(float(out.loss))
 
 
-def test_each_parameter_group_is_clipped_on_its_own():
-    # group 0's gradient is tiny, group 1's huge: one clip over both would shrink group 0 too
-    a, b = torch.nn.Parameter(torch.tensor([1.0])), torch.nn.Parameter(torch.tensor([1.0]))
-    holder = types.SimpleNamespace(parameters=lambda: iter([a, b]))
-    engine = PlainEngine(holder, _hp(learningRate=1e-9), 10, [{"params": [a]}, {"params": [b]}])
+def test_each_trained_model_is_clipped_on_its_own():
+    # model 0's gradient is tiny, model 1's huge: one clip over both would shrink model 0's too
+    first, second = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    a, b = first.weight, second.weight
+    with torch.no_grad():
+        a.fill_(1.0)
+        b.fill_(1.0)
+    engine = PlainEngine([Trainable(first), Trainable(second, "critic", 1e-9)], _hp(learningRate=1e-9), 10)
     engine.zero_grad()
-    engine.backward((0.5 * a + 300.0 * b).sum())
+    engine.backward([(0.5 * a).sum(), (300.0 * b).sum()])
     norms = engine.step(max_grad_norm=1.0)
     assert norms == [pytest.approx(0.5), pytest.approx(300.0)]
     assert float(a.grad) == pytest.approx(0.5)  # under the limit: untouched
@@ -73,25 +83,28 @@ def test_each_parameter_group_is_clipped_on_its_own():
 def test_train_state_restores_optimizer_scheduler_rng_and_position(tmp_path):
     hp = _hp(lrScheduler="linear", warmupSteps=2)
     model = _model()
-    loop = TrainLoop(None, model, hp, None, lambda d: None, total_steps=10)
+    loop = TrainLoop(CONTEXT, model, hp, None, lambda d: None, total_steps=10)
     model.save_pretrained = lambda directory, safe_serialization: torch.save(model.state_dict(), f"{directory}/w.pt")
     for _ in range(3):
         loop.optimizer_step([[0, 1, 2, 3]], lambda rows: _loss(model, rows))
     loop.state.round = 4
+    loop._settle_loss()
     loop.state.save(tmp_path)
     expected_next = torch.rand(3)  # drawn after the save: a restored RNG draws it again
     lr = loop.engine.learning_rate()
 
     other = _model(seed=1)
     other.load_state_dict(torch.load(tmp_path / "w.pt"))
-    restored = TrainState(PlainEngine(other, hp, 10), total_steps=10)
+    restored = TrainState(PlainEngine([Trainable(other)], hp, 10), total_steps=10)
     restored.restore(tmp_path)
     assert (restored.step, restored.tokens_seen, restored.last_loss) == (3, 12, loop.state.last_loss)
     assert restored.engine.learning_rate() == lr
     assert torch.equal(torch.rand(3), expected_next)
     saved = loop.engine.optimizer.state_dict()["state"]
     for key, value in restored.engine.optimizer.state_dict()["state"].items():
-        assert torch.equal(value["exp_avg"], saved[key]["exp_avg"])
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(value[name], saved[key][name]), name
+    assert sorted(saved) == sorted(restored.engine.optimizer.state_dict()["state"])
 
 
 def test_data_order_is_a_pure_function_of_seed_and_epoch():

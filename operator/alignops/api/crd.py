@@ -15,6 +15,8 @@ import yaml
 
 from alignops import GROUP, KIND, PLURAL, VERSION
 from alignops.api.base import camel_case
+from alignops.api.common import Resources
+from alignops.api.distributed import BATCH_SPLIT_RULE, OFFLOAD_PARAMETERS_RULE
 from alignops.api.job import JOB_NAME_MAX, JOB_NAME_PATTERN, AlignmentJobSpec
 from alignops.api.stages import STAGE_TYPES, StageType
 from alignops.api.status import JobStatus
@@ -139,13 +141,18 @@ def stage_schema() -> Schema:
         rules.append({"rule": "!has(self.algorithm) || " + " || ".join(clauses),
                       "message": "algorithm must be one of the stage type's algorithms: "
                       + "; ".join(f"{n}: {', '.join(i.algorithms)}" for n, i in with_algorithms.items())})
-    for limit in sorted({i.max_gpus for i in STAGE_TYPES.values()}):
+    gpus_maximum = Resources.model_fields["gpus"].metadata
+    field_limit = next(m.le for m in gpus_maximum if getattr(m, "le", None) is not None)
+    for limit in sorted({i.max_gpus for i in STAGE_TYPES.values()} - {field_limit}):  # the field's own bound says the rest
         owners = _types_with(lambda _n, i, limit=limit: i.max_gpus == limit)
         rules.append({"rule": f"!(self.type in {_cel_list(owners)}) || !has(self.resources) || !has(self.resources.gpus) || self.resources.gpus <= {limit}",
                       "message": f"resources.gpus: stage types {', '.join(owners)} train on at most {limit} GPU per run for now"})
     for name, info in STAGE_TYPES.items():
         for rule, message in info.rules:
             rules.append({"rule": f"self.type != '{name}' || ({rule})", "message": f"{name} stage: {message}"})
+    rules.append({"rule": OFFLOAD_PARAMETERS_RULE[0], "message": OFFLOAD_PARAMETERS_RULE[1]})
+    dataset_passes = _types_with(lambda _n, i: "gradient_accumulation_steps" in i.model.model_fields["hyperparameters"].annotation.model_fields)
+    rules.append({"rule": f"!(self.type in {_cel_list(dataset_passes)}) || {BATCH_SPLIT_RULE[0]}", "message": BATCH_SPLIT_RULE[1]})
     rules.append({"rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes <= 1",
                   "message": "resources.nodes: multi-node runs are not supported yet; set nodes: 1"})
     return {"type": "object", "required": required, "properties": dict(sorted(properties.items())),

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from alignops.api.base import DNS_1035_LABEL, ApiModel
 from alignops.api.common import Datasets, Resources, StageRef
+from alignops.api.distributed import OFFLOAD_PARAMETERS_RULE, DistributedSettings
 from alignops.api.hyperparameters import (
     PreferenceHyperparameters,
     RankHyperparameters,
@@ -31,6 +32,9 @@ class StageBase(ApiModel):
     )
     datasets: Datasets | None = Field(None, description="Training and held-out data.")
     resources: Resources = Field(default_factory=Resources, description="What each run of the stage asks of the cluster.")
+    distributed: DistributedSettings | None = Field(
+        None, description="DeepSpeed ZeRO settings when the stage trains on resources.gpus processes (default ZeRO-2 for more than one).",
+    )
     backoff_limit: int = Field(2, ge=0, le=100, description="Failed attempts retried (from the last checkpoint) before the stage fails.")
     active_deadline_seconds: int | None = Field(None, ge=1, le=30 * 24 * 3600, description="Wall-clock limit of one attempt.")
     progress_deadline_seconds: int | None = Field(
@@ -137,7 +141,8 @@ class StageType:
     default_algorithm: str | None = None
     # which dataset format the stage reads, for generators and sniffing
     dataset_format: str = "sft"
-    max_gpus: int = 1
+    # processes (GPUs) one run may use: every trained type runs DeepSpeed across resources.gpus
+    max_gpus: int = 64
     # (CEL rule on the stage object, message): within-stage checks the CRD makes for this type only
     rules: tuple[tuple[str, str], ...] = ()
 

@@ -16,6 +16,7 @@ from alignops.contract import StageRunConfig
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
 from alignops.storage.checkpoints import CheckpointRef, ChecksumMismatch, NotCommitted
 from alignops.storage.locate import locate
+from alignops.workloads.distributed import SINGLE, World
 
 
 class ConfigError(Exception):
@@ -58,21 +59,32 @@ class RunContext:
     scratch: Path
     metrics: MetricsSink
     stop: threading.Event = field(default_factory=threading.Event)
+    world: World = SINGLE
 
     @property
     def storage_options(self) -> StorageOptions:
         return storage_options(self.config)
 
     def checkpoint_dir(self, ref: CheckpointRef) -> Path:
-        """A verified local copy of a committed checkpoint of this stage."""
-        return fetch_checkpoint(self.store, ref.key, self.scratch / "downloads")
+        """A verified local copy of a committed checkpoint of this stage (once per node)."""
+        return self.world.on_node_leader(lambda: fetch_checkpoint(self.store, ref.key, self.node_scratch / "downloads"))
+
+    @property
+    def node_scratch(self) -> Path:
+        """Scratch space shared by the processes of one node (this process's own when it runs alone)."""
+        shared = os.environ.get("ALIGNOPS_NODE_SCRATCH")
+        return Path(shared) if shared and self.world.distributed else self.scratch
 
     def latest(self, round_prefix: str | None = None) -> CheckpointRef | None:
         key = self.config.stage_key if round_prefix is None else f"{self.config.stage_key}/{round_prefix}"
         return latest_checkpoint(self.store, key)
 
     def open_uri(self, uri: str) -> Path:
-        """A verified local copy of the committed checkpoint at ``uri`` (another stage's output)."""
+        """A verified local copy of the committed checkpoint at ``uri`` (another stage's output),
+        fetched and verified once per node when several processes need it."""
+        return self.world.on_node_leader(lambda: self._open_uri(uri))
+
+    def _open_uri(self, uri: str) -> Path:
         if not uri.startswith(("s3://", "file://")):
             raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
         store, key = locate(uri, self.storage_options)
@@ -86,16 +98,18 @@ class RunContext:
             raise ConfigError(f"corrupt checkpoint: {exc}; commit it again or point at another checkpoint") from None
 
 
-def make_context(config: StageRunConfig) -> RunContext:
+def make_context(config: StageRunConfig, world: World = SINGLE) -> RunContext:
+    """The run's context; of several processes only the main one logs metrics and serves them."""
     store = open_store(config.storage.uri, storage_options(config))
     scratch_root = os.environ.get("ALIGNOPS_SCRATCH")
     scratch = Path(tempfile.mkdtemp(prefix="alignops-", dir=scratch_root))
-    log_path = os.environ.get("ALIGNOPS_METRICS_LOG")
+    log_path = os.environ.get("ALIGNOPS_METRICS_LOG") if world.is_main else None
     exporter = None
-    if os.environ.get("ALIGNOPS_METRICS_PORT"):
+    if os.environ.get("ALIGNOPS_METRICS_PORT") and world.is_main:
         from alignops.metrics.workload import serve_stage_metrics
 
         exporter = serve_stage_metrics(int(os.environ["ALIGNOPS_METRICS_PORT"]), config)
-    context = RunContext(config=config, store=store, scratch=scratch, metrics=MetricsSink(Path(log_path) if log_path else None, exporter))
+    context = RunContext(config=config, store=store, scratch=scratch, metrics=MetricsSink(Path(log_path) if log_path else None, exporter),
+                         world=world)
     signal.signal(signal.SIGTERM, lambda *_: context.stop.set())
     return context

@@ -3,6 +3,10 @@
 
 Configuration errors (``ConfigError``) exit 78 at once; SIGTERM (``StopRequested``, raised after a
 checkpoint is committed) exits 143; every other failure exits 1, worth a retry.
+
+A run on more than one process (``resources.gpus`` > 1) starts here too: this process becomes the
+agent that launches the workers (``alignops.workloads.launch``), each of which comes back here as
+one process of the group (``alignops.workloads.distributed``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from alignops.contract import (
     StageRunConfig,
 )
 from alignops.workloads.context import ConfigError, RunContext, StopRequested, make_context
+from alignops.workloads.distributed import init_world, worker_environment
+from alignops.workloads.launch import die_with_parent, launch
 from alignops.workloads.stages import STAGES
 from alignops.workloads.summary import record_summary
 
@@ -60,18 +66,25 @@ def main(argv: list[str]) -> int:
         print(message, file=sys.stderr)
         write_result(StageResult(None, {}, message))
         return EXIT_CONFIG
+    if config.distributed.world_size > 1 and not worker_environment():
+        return launch(argv[0], config)  # this process becomes the agent of the run's workers
+    if worker_environment():
+        die_with_parent()
     _quiet_libraries()
     started = time.time()
     ctx = None
+    world = init_world()
     try:
-        ctx = make_context(config)
+        ctx = make_context(config, world)
         code, result = _run_stage(ctx)
     except ConfigError as exc:  # raised while opening storage
         code, result = EXIT_CONFIG, StageResult(None, {}, f"configuration error: {exc}")
         print(result.message, file=sys.stderr)
-    write_result(result)
+    if world.is_main:  # one result and one summary per run
+        write_result(result)
+        if ctx is not None:
+            record_summary(ctx, code, result.checkpoint_uri, result.metrics, result.message, started)
     if ctx is not None:
-        record_summary(ctx, code, result.checkpoint_uri, result.metrics, result.message, started)
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     return code
 

@@ -3,6 +3,7 @@ stage runs on, and the autocast dtype its precision asks for."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -26,7 +27,10 @@ def load_reward_model(path: Path):
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """This process's device: its own GPU when a launcher started one process per GPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

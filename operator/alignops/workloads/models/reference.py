@@ -5,13 +5,15 @@ The cache fills in the order training first reads the data: chunk c holds the it
 ``[c*C, (c+1)*C)`` of the first epoch's order, with C the items of one optimiser step. So the first
 epoch scores exactly the batches it trains on (nothing for data a short run never reads), later
 epochs only read the cache, and a value never depends on when it was asked for: a resumed run
-recomputes bit-identical reference log-probs (exact resume).
+recomputes bit-identical reference log-probs (exact resume). On several processes each scores its
+share of a chunk and all of them get the whole chunk: each sequence is scored once per run.
 """
 
 from __future__ import annotations
 
 import torch
 
+from alignops.workloads.distributed import SINGLE, World
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -25,8 +27,8 @@ class ReferenceLogps:
     """Summed reference log-probs of each item's sequences (a pair: chosen and rejected; a KTO
     example: its completion). ``get(items)`` -> (len(items), sequences per item)."""
 
-    def __init__(self, model: torch.nn.Module, items: list[list[SftExample]], pad_token_id: int):
-        self.model, self.items, self.pad_token_id = freeze(model), items, pad_token_id
+    def __init__(self, model: torch.nn.Module, items: list[list[SftExample]], pad_token_id: int, world: World = SINGLE):
+        self.model, self.items, self.pad_token_id, self.world = freeze(model), items, pad_token_id, world
         width = len(items[0]) if items else 0
         device = next(model.parameters()).device
         self.values = torch.zeros(len(items), width, dtype=torch.float32, device=device)
@@ -44,12 +46,19 @@ class ReferenceLogps:
     def get(self, items: list[int]) -> torch.Tensor:
         for c in sorted({self.position[i] // self.chunk for i in items} - self.filled):
             members = self.order[c * self.chunk : (c + 1) * self.chunk]
-            sequences = [s for i in members for s in self.items[i]]
-            scores = sequence_logps_batched(self.model, sequences, self.pad_token_id).logp_sum.float()
-            self.values[torch.as_tensor(members, device=self.values.device)] = scores.view(len(members), -1)
+            self.values[torch.as_tensor(members, device=self.values.device)] = self._score_members(members)
             self.filled.add(c)
-            self.computed_sequences += len(sequences)
+            self.computed_sequences += sum(len(self.items[i]) for i in members)
         return self.values[torch.as_tensor(items, dtype=torch.long, device=self.values.device)]
+
+    def _score_members(self, members: list[int]) -> torch.Tensor:
+        """(len(members), width) reference log-probs, each member scored by one process."""
+        def score(positions: list[int]) -> torch.Tensor:
+            sequences = [s for p in positions for s in self.items[members[p]]]
+            scores = sequence_logps_batched(self.model, sequences, self.pad_token_id).logp_sum.float()
+            return [scores.view(len(positions), -1)]
+
+        return self.world.shared_rows(len(members), score)[0]
 
     def score(self, examples: list[SftExample]) -> SequenceScores:
         """Uncached reference log-probs of arbitrary sequences (KTO's mismatched pairs)."""

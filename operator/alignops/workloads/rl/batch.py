@@ -86,3 +86,16 @@ def values_of(critic, batch: TokenBatch) -> torch.Tensor:
     """(B, L-1) critic values, 0 outside the response."""
     values = token_values(critic, batch.input_ids, batch.attention_mask)
     return torch.where(batch.response_mask, values, torch.zeros_like(values))
+
+
+@torch.no_grad()
+def sharded(fn, batch: TokenBatch, chunk: int, world) -> list[torch.Tensor | None]:
+    """``chunked`` with the rows shared out over the run's processes (``World.shared_rows``) and
+    gathered back into row order on every process."""
+    width = batch.response_mask.shape[1]
+
+    def compute(rows: list[int]) -> list[torch.Tensor | None]:
+        parts = chunked(fn, batch.select(rows), chunk)
+        return [None if p is None else torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
+
+    return world.shared_rows(len(batch), compute)

@@ -18,6 +18,7 @@ from alignops.api.common import Architecture
 from alignops.workloads.models.build import build_scalar_head_model
 
 CRITIC_DIR = "critic"
+CRITIC_PREFIX = "critic"  # its parameters' names in the optimizer state
 
 
 def _no_dropout(model):

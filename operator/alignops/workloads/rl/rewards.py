@@ -56,6 +56,8 @@ class RewardResources:
     reward_model_dir: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 64
+    # places a frozen model as the stage's engine places models (sharded under ZeRO-3); None: as is
+    place: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 
 
 RewardFn = Callable[[ScoringBatch], torch.Tensor]
@@ -98,10 +100,11 @@ def kimi_length(options: RewardOptions, resources: RewardResources) -> RewardFn:
 class RewardModelScorer:
     """Scores with a ``reward`` stage's checkpoint; loaded on first use, frozen."""
 
-    def __init__(self, directory: Path, device: torch.device, batch_size: int):
-        self.model = load_reward_model(directory).to(device).eval().requires_grad_(False)
+    def __init__(self, directory: Path, device: torch.device, batch_size: int, place=None):
+        model = load_reward_model(directory).to(device).eval().requires_grad_(False)
         self.tokenizer = load_tokenizer(directory)
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = place(model) if place is not None else model
         self.batch_size = batch_size
         self.max_length = getattr(self.model.config, "max_position_embeddings", 2048)
 
@@ -117,7 +120,7 @@ class RewardModelScorer:
 def reward_model(options: RewardOptions, resources: RewardResources) -> RewardFn:
     if resources.reward_model_dir is None:
         raise ConfigError("the reward_model reward needs the rewardModel input")
-    return RewardModelScorer(resources.reward_model_dir, resources.device, resources.batch_size)
+    return RewardModelScorer(resources.reward_model_dir, resources.device, resources.batch_size, resources.place)
 
 
 class RewardMix:

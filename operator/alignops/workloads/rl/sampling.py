@@ -4,8 +4,10 @@ rollouts are committed to storage (``alignops.workloads.rl.store``)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 
@@ -21,28 +23,51 @@ from alignops.workloads.rollout import EngineInputs, SamplingSettings, make_engi
 from alignops.seeds import GENERATE_CALL, ROUND, derive_seed
 
 
+SEED_STRIDE_PER_PROCESS = 100_000  # generate calls of one process in a round, at most
+
+
 def sample_seed(hp: RlHyperparameters, round_: int, call: int) -> int:
     return derive_seed(hp.seed, (ROUND, round_), (GENERATE_CALL, call))
 
 
 class RoundSampler:
-    """Generates and scores one round with the current policy, and commits its rollouts."""
+    """Generates and scores one round with the current policy, and commits its rollouts.
+
+    On several processes each generates every ``size``-th prompt's group (groups stay whole for the
+    group advantages) with the weights gathered once for the round (``gathered``: ZeRO-3's whole
+    weights), and every process gets the whole round back; the main process commits it."""
 
     def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan, tokenizer, prompts: list[dict], engine,
-                 rewards: RewardMix):
+                 rewards: RewardMix, gathered: Callable[[], ContextManager] = contextlib.nullcontext):
         self.ctx, self.hp, self.plan, self.tokenizer, self.prompts, self.engine, self.rewards = ctx, hp, plan, tokenizer, prompts, engine, rewards
+        self.gathered = gathered
+        self.world = ctx.world
 
     def _check_stop(self, round_: int) -> None:
-        if self.ctx.stop.is_set():
+        if self.world.any(self.ctx.stop.is_set()):
             raise StopRequested(f"stopped while sampling round {round_}; the rounds before it are committed")
 
     def _generate(self, ids: list[list[int]], sampling: SamplingSettings, round_: int, offset: int) -> list:
+        """Completions of every prompt in ``ids`` (this process generates its share)."""
+        world = self.world
+        mine = list(range(world.rank, len(ids), world.size))
         out = []
         step = self.engine.prompts_per_call
-        for call, start in enumerate(range(0, len(ids), step)):
-            self._check_stop(round_)
-            out += self.engine.generate(ids[start : start + step], sampling, sample_seed(self.hp, round_, offset + call))
-        return out
+        # seeds per process on several (a run of one keeps its own streams)
+        base = offset + (world.rank * SEED_STRIDE_PER_PROCESS if world.distributed else 0)
+        with self.gathered():
+            for call, start in enumerate(range(0, len(mine), step)):
+                if not world.distributed:  # several processes agree to stop once per round instead
+                    self._check_stop(round_)
+                chunk = [ids[i] for i in mine[start : start + step]]
+                out += self.engine.generate(chunk, sampling, sample_seed(self.hp, round_, base + call))
+        if not world.distributed:
+            return out
+        merged: list = [None] * len(ids)
+        for rank, part in enumerate(world.all_gather_object(out)):
+            for position, completions in zip(range(rank, len(ids), world.size), part):
+                merged[position] = completions
+        return merged
 
     def _score(self, records: list[dict], completions: list, group_ids: list[int]):
         batch = ScoringBatch(
@@ -62,6 +87,8 @@ class RoundSampler:
         sampling = SamplingSettings(n=n, temperature=hp.temperature, top_p=hp.top_p, max_new_tokens=hp.max_new_tokens,
                                     stop=tuple(hp.stop or ()))
         started = time.perf_counter()
+        if self.world.distributed:
+            self._check_stop(round_)
         groups = self._generate(ids, sampling, round_, 0)
         greedy = None
         if self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
@@ -95,16 +122,19 @@ class RoundSampler:
             "tokens_per_second_generate": generated / time_generate if time_generate > 0 else 0.0,
         }
         batch = RoundRollouts(round_, rollouts, stats)
-        save_rollouts(self.ctx.store, self.ctx.config.stage_key, batch)
+        if self.world.is_main:
+            save_rollouts(self.ctx.store, self.ctx.config.stage_key, batch)
         return batch
 
 
-def reward_mix(ctx: RunContext, hp: RlHyperparameters) -> RewardMix:
+def reward_mix(ctx: RunContext, hp: RlHyperparameters, place=None) -> RewardMix:
+    """The stage's reward functions; ``place`` puts a reward model where the engine puts frozen models."""
     rm_uri = ctx.config.inputs.reward_model
     terms = hp.rewards or default_terms(rm_uri is not None)
     needs_rm = any(t.name == "reward_model" for t in terms)
     directory = ctx.open_uri(rm_uri) if (needs_rm and rm_uri) else None
-    return RewardMix(terms, RewardResources(reward_model_dir=directory, device=pick_device(), batch_size=hp.generation_batch_size))
+    return RewardMix(terms, RewardResources(reward_model_dir=directory, device=pick_device(), batch_size=hp.generation_batch_size,
+                                            place=place))
 
 
 def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directory: Path | None):

@@ -140,7 +140,8 @@ def train_run(ctx: RunContext, hp: RlHyperparameters, plan: RlPlan) -> StageResu
                 raise RuntimeError(f"round {round_} has no committed rollouts: its rollout run must succeed first")
             if sampler is None:
                 engine = engine_for(ctx, hp, trainer.model, trainer.tokenizer, trainer.start.directory)
-                sampler = RoundSampler(ctx, hp, plan, trainer.tokenizer, prompts, engine, reward_mix(ctx, hp))
+                sampler = RoundSampler(ctx, hp, plan, trainer.tokenizer, prompts, engine, reward_mix(ctx, hp, trainer.loop.engine.frozen),
+                                       gathered=trainer.loop.engine.gathered)
             started = time.perf_counter()
             sampler.engine.update_weights(trainer.model)
             time_sync = time.perf_counter() - started

@@ -13,15 +13,15 @@ import torch
 
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
-from alignops.workloads.rl.critic import CRITIC_DIR, build_critic, load_critic
+from alignops.workloads.rl.critic import CRITIC_DIR, CRITIC_PREFIX, build_critic, load_critic
 from alignops.contract import StageResult
 from alignops.workloads.evaluation.generation import greedy_accuracy
 from alignops.workloads.models.loading import pick_device
-from alignops.workloads.models.reference import freeze
 from alignops.workloads.models.policy import initial_model, input_checkpoint, starting_policy
 from alignops.workloads.rl.batch import pack
 from alignops.workloads.rl.store import Rollout, RoundRollouts
 from alignops.workloads.rl.update import PolicyUpdate, RlPlan, kl_controller, prepare_round
+from alignops.workloads.training.engine import Trainable
 from alignops.workloads.training.loop import TrainLoop
 
 RL_STATE = "rl_state.json"
@@ -58,17 +58,18 @@ class Trainer:
         self.model, self.tokenizer = start.model, start.tokenizer
         self.state = RlState.load(start.directory) if start.resume is not None else RlState()
         inputs = ctx.config.inputs
-        self.reference = None
-        if plan.use_reference:
-            self.reference = freeze(initial_model(ctx, inputs.reference or inputs.policy).model)
-        self.critic = self._critic() if plan.use_critic else None
-        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
-        if self.critic is not None:
-            groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": hp.critic.learning_rate})
+        critic = self._critic() if plan.use_critic else None
+        extra = [Trainable(critic, CRITIC_PREFIX, hp.critic.learning_rate)] if critic is not None else []
         steps_per_round = hp.ppo_epochs * min(hp.mini_batches, hp.prompts_per_round * hp.samples_per_prompt)
         # no dataset pass: PolicyUpdate feeds the loop's optimizer_step its own micro-batches
         self.loop = TrainLoop(ctx, self.model, hp, None, self._save_extra, total_steps=hp.rounds * steps_per_round,
-                              parameter_groups=groups)
+                              extra_trainables=extra)
+        engine = self.loop.engine
+        self.model = engine.model  # forward passes go through the engine (ZeRO-3 needs its hooks)
+        self.critic = engine.models[1] if critic is not None else None
+        self.reference = None
+        if plan.use_reference:  # placed as the engine places models: sharded under ZeRO-3
+            self.reference = engine.frozen(initial_model(ctx, inputs.reference or inputs.policy).model)
         if start.resume is not None:
             self.loop.restore(start.directory, start.resume)
         self.kl = kl_controller(hp, self.state.kl_coef)
@@ -79,6 +80,10 @@ class Trainer:
         self.eval_records = eval_records
         if self.start.resume is None:
             self.state.before = self.evaluate()
+
+    @property
+    def world(self):
+        return self.ctx.world
 
     def _critic(self):
         directory = self.start.directory
@@ -94,17 +99,18 @@ class Trainer:
 
     def _save_extra(self, directory: Path) -> None:
         self.tokenizer.save_pretrained(str(directory))
-        if self.critic is not None:
-            self.critic.save_pretrained(str(directory / CRITIC_DIR), safe_serialization=True)
+        if self.critic is not None:  # every process takes part: the engine gathers a sharded critic
+            self.loop.engine.save_pretrained(self.critic, directory / CRITIC_DIR)
         self.state.save(directory)
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval_records:
             return {}
-        return {"accuracy": greedy_accuracy(self.model, self.tokenizer, self.eval_records, self.hp.max_new_tokens)}
+        with self.loop.engine.gathered():  # every process evaluates the same prompts
+            return {"accuracy": greedy_accuracy(self.model, self.tokenizer, self.eval_records, self.hp.max_new_tokens)}
 
     def _check_stop(self, round_: int) -> None:
-        if self.ctx.stop.is_set():
+        if self.loop.stop_requested():
             raise StopRequested(f"stopped while training round {round_}; rounds 1..{self.state.rounds_done} are committed")
 
     def train_round(self, batch: RoundRollouts, time_sync: float = 0.0) -> dict:
@@ -119,7 +125,7 @@ class Trainer:
         baseline = torch.tensor([r.baseline_score for r in rollouts]) if self.plan.greedy_baseline else None
         kl_coef = self.kl.value
         tensors, prep = prepare_round(self.plan, hp, self.model, self.reference, self.critic, tokens, scores, group_ids,
-                                      baseline, kl_coef)
+                                      baseline, kl_coef, self.world)
         metrics = self.update.run(tensors, round_, kl_coef, lambda: self._check_stop(round_))
         time_train = time.perf_counter() - started
         prep.update({k: metrics.pop(k) for k in ("entropy", "kl") if k in metrics})
@@ -148,7 +154,8 @@ class Trainer:
         return record
 
     def result(self) -> StageResult:
-        metrics: dict[str, float] = {"rounds": self.state.rounds_done, "steps": self.loop.state.step}
+        metrics: dict[str, float] = {"rounds": self.state.rounds_done, "steps": self.loop.state.step,
+                                     "worldSize": self.world.size}
         for name, value in self.state.before.items():
             metrics[f"{name}Before"] = value
         history = self.state.history

@@ -31,7 +31,8 @@ from alignops.algos import (
     ppo_clip_loss,
 )
 from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, RlHyperparameters
-from alignops.workloads.rl.batch import TokenBatch, chunked, response_logprobs, values_of
+from alignops.workloads.distributed import SINGLE
+from alignops.workloads.rl.batch import TokenBatch, response_logprobs, sharded, values_of
 from alignops.seeds import MINIBATCH_EPOCH, ROUND, derive_seed
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
 
@@ -102,8 +103,9 @@ def policy_figures(plan: RlPlan, t: RoundTensors) -> dict[str, float]:
 @torch.no_grad()
 def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic, batch: TokenBatch,
                   scores: torch.Tensor, group_ids: torch.Tensor, baseline_scores: torch.Tensor | None,
-                  kl_coef: float) -> tuple[RoundTensors, dict[str, float]]:
-    """Old/reference log-probs and values (no grad), the KL term, advantages and returns.
+                  kl_coef: float, world=SINGLE) -> tuple[RoundTensors, dict[str, float]]:
+    """Old/reference log-probs and values (no grad; the rows shared out over the run's processes
+    and gathered back), the KL term, advantages and returns.
 
     Args:
         scores: (B,) R(x, y) of each rollout; group_ids: (B,) its prompt; baseline_scores: (B,)
@@ -115,10 +117,10 @@ def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic
     if not plan.old_from_update:
         was = policy.training
         policy.eval()
-        old_logp, entropy = chunked(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
+        old_logp, entropy = sharded(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk, world)
         policy.train(was)
-    ref_logp = chunked(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
-    old_values = chunked(lambda b: values_of(critic, b), batch, chunk)[0] if critic is not None else None
+    ref_logp = sharded(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk, world)[0] if reference is not None else None
+    old_values = sharded(lambda b: values_of(critic, b), batch, chunk, world)[0] if critic is not None else None
     scores = scores.to(mask.device, torch.float32)
     metrics: dict[str, float] = {}
     kl = None
@@ -157,15 +159,32 @@ def minibatch_order(hp: RlHyperparameters, round_: int, size: int) -> list[torch
     return steps
 
 
+GLOBAL_FIGURES = ("grad_norm", "critic_grad_norm")  # the same on every process: never summed over them
+
+
 class PolicyUpdate:
-    """Optimiser steps over one round's rollouts through the stage's TrainLoop (param group 0: the
-    policy; group 1: the critic, whose gradient norm the engine clips on its own)."""
+    """Optimiser steps over one round's rollouts through the stage's TrainLoop (the policy, and the
+    critic as a second trained model whose gradient norm the engine clips on its own).
+
+    Every process has the whole round; each takes every ``size``-th row of a mini-batch, cut into
+    the same number of micro-batches on every process (a process with fewer rows repeats one with
+    weight 0), since ZeRO-3 gathers weights in every forward pass."""
 
     def __init__(self, plan: RlPlan, hp: RlHyperparameters, policy, critic, loop: TrainLoop):
         self.plan, self.hp, self.policy, self.critic, self.loop = plan, hp, policy, critic, loop
+        self.world = loop.world
+
+    def micro_batches(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """(rows, weight) of this process's micro-batches of the mini-batch ``rows``."""
+        world, size = self.world, self.world.size
+        count = -(-(-(-len(rows) // size)) // self.hp.batch_size)  # micro-batches of the largest share
+        parts = list(rows[world.rank :: size].split(self.hp.batch_size))
+        parts += [rows[:0]] * (count - len(parts))
+        return [(part, float(size)) if len(part) else (rows[:1], 0.0) for part in parts]
 
     def step(self, t: RoundTensors, rows: torch.Tensor, kl_coef: float) -> dict[str, float]:
-        """One optimiser step on the mini-batch ``rows``; returns its summed figures."""
+        """One optimiser step on the mini-batch ``rows``; returns this process's share of its
+        figures (summed over processes by ``run``) and the gradient norms (global already)."""
         hp, plan = self.hp, self.plan
         autocast = self.loop.engine.autocast
         self.policy.train()
@@ -178,16 +197,18 @@ class PolicyUpdate:
             t.old_logp = torch.zeros(t.batch.response_mask.shape, device=t.advantages.device)
             t.entropy = torch.zeros_like(t.old_logp)
 
-        def micro_loss(micro: torch.Tensor) -> MicroBatchLoss:
+        def micro_loss(item: tuple[torch.Tensor, float]) -> MicroBatchLoss:
+            micro, weight = item
             sub = t.batch.select(micro)
             mask = sub.response_mask
             width = mask.shape[1]
             with autocast():
                 logp, entropy = response_logprobs(self.policy, sub, hp.temperature, with_entropy=fill)
-            if fill:
+            if fill and weight:
                 t.old_logp[micro, :width] = logp.detach().float()
                 t.entropy[micro, :width] = entropy.float()
-            pg = ppo_clip_loss(logp, t.old_logp[micro, :width], t.advantages[micro, :width], mask,
+            old_logp = t.old_logp[micro, :width] if weight or not fill else logp.detach().float()
+            pg = ppo_clip_loss(logp, old_logp, t.advantages[micro, :width], mask,
                                hp.clip_low, hp.clip_high, hp.dual_clip)
             policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
             loss = policy_loss
@@ -197,22 +218,27 @@ class PolicyUpdate:
                 kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
                 loss = loss + kl_coef * kl_loss
                 figures["kl_loss"] = float(kl_loss.detach())
+            losses = [loss]
             if self.critic is not None:
                 with autocast():
                     values = values_of(self.critic, sub)
                 value_loss = aggregate_loss(
                     clipped_value_loss(values, t.old_values[micro, :width], t.returns[micro, :width], hp.critic.value_clip, mask),
                     mask, "token_mean", num_global_tokens=n_tokens)
-                loss = loss + value_loss
+                losses.append(value_loss)
                 figures["value_loss"] = float(value_loss.detach())
             tokens = float(mask.sum())
             figures.update(policy_loss=float(policy_loss.detach()), clipped_tokens=float(pg.clip_fraction) * tokens,
                            tokens=tokens)
-            return MicroBatchLoss(loss, int(sub.attention_mask.sum()), figures)
+            return MicroBatchLoss(losses, int(sub.attention_mask.sum()) if weight else 0, figures)
 
-        # every loss is normalised by the whole mini-batch's counts already: no accumulation divisor
-        out = self.loop.optimizer_step(rows.split(hp.batch_size), micro_loss)
-        figures = {**out.metrics, "loss": out.loss, "train_tokens": float(out.tokens), "grad_norm": out.grad_norms[0]}
+        # every loss is normalised by the whole mini-batch's counts already; the weight is the
+        # process count (the engines average gradients over processes), 0 for a padding repeat
+        out = self.loop.optimizer_step(self.micro_batches(rows), micro_loss, lambda item: item[1])
+        size = self.world.size
+        figures = {**{k: float(v) / size for k, v in out.metrics.items()}, "loss": float(out.loss) / size,
+                   "train_tokens": float(out.tokens)}
+        figures["grad_norm"] = out.grad_norms[0]  # already global: not a share
         if len(out.grad_norms) > 1:
             figures["critic_grad_norm"] = out.grad_norms[1]
         return figures
@@ -220,24 +246,31 @@ class PolicyUpdate:
     def run(self, t: RoundTensors, round_: int, kl_coef: float, should_stop: Callable[[], None]) -> dict[str, float]:
         """Every step of the round; ``should_stop()`` is called before each (it raises to stop)."""
         totals: dict[str, float] = {}
+        norms: dict[str, float] = {}
         steps = minibatch_order(self.hp, round_, len(t.batch))
+        fill = t.old_logp is None
         for rows in steps:
             should_stop()
             for key, value in self.step(t, rows.to(t.advantages.device), kl_coef).items():
-                totals[key] = totals.get(key, 0.0) + value
+                into = norms if key in GLOBAL_FIGURES else totals
+                into[key] = into.get(key, 0.0) + value
+        totals = self.world.sum_floats(totals)  # each process held its share of every figure
+        if fill and self.world.distributed:  # each row's old log-probs were filled by one process
+            self.world.sum(t.old_logp)
+            self.world.sum(t.entropy)
         n = max(1, len(steps))
         metrics = {
             "loss": totals["loss"] / n,
             "policy_loss": totals["policy_loss"] / n,
             "clip_fraction": totals["clipped_tokens"] / max(1.0, totals["tokens"]),
-            "grad_norm": totals["grad_norm"] / n,
+            "grad_norm": norms["grad_norm"] / n,
             "train_tokens": totals["train_tokens"],
         }
         if self.plan.kl_placement == "in_loss" and t.ref_logp is not None:
             metrics["kl_loss"] = totals["kl_loss"] / n
         if self.critic is not None:
             metrics["value_loss"] = totals["value_loss"] / n
-            metrics["critic_grad_norm"] = totals["critic_grad_norm"] / n
+            metrics["critic_grad_norm"] = norms["critic_grad_norm"] / n
         if self.plan.old_from_update:
             metrics.update(policy_figures(self.plan, t))
         return metrics

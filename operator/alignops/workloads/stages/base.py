@@ -59,8 +59,13 @@ class Stage:
         """Read and tokenise the held-out data the stage evaluates on."""
 
     def loss(self, model: torch.nn.Module, indices: list[int]) -> MicroBatchLoss:
-        """The loss of the training items ``indices``."""
+        """The loss of the training items ``indices``: a mean over their units (``loss_units``)."""
         raise NotImplementedError
+
+    def loss_units(self, indices: list[int]) -> float:
+        """What ``loss`` is a mean over, counted for ``indices`` (default: the items themselves); the
+        loop weights each share by it, so a step's loss is the mean over the whole step."""
+        return len(indices)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Held-out figures of ``model``."""
@@ -96,7 +101,10 @@ class Stage:
             raise ConfigError(f"training data: {exc}") from None
         self.build_held_out()
         record = StageRecord(self.ctx, self.start, self.evaluate_before)
-        loop = record.loop(self.start, self.hp, size, self.loss)
+        loop = record.loop(self.start, self.hp, size, self.loss, self.loss_units)
+        self.model = loop.model  # the engine's handle: forward passes go through it
         self.before_training(loop)
         final = loop.run()
-        return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, self.evaluate_after(), self.extra_metrics()))
+        with loop.engine.gathered():  # every process evaluates the same held-out data
+            after = self.evaluate_after()
+        return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, after, self.extra_metrics()))

@@ -115,7 +115,7 @@ class PreferenceStage(Stage):
             self.items = [[tokenize_response(u.prompt, u.completion, tokenizer, hp.max_length)] for u in self.unpaired]
         if not self.items:
             raise ConfigError("the training data holds no comparisons")
-        self.cache = ReferenceLogps(self.reference, self.items, self.pad) if self.reference is not None else None
+        self.cache = ReferenceLogps(self.reference, self.items, self.pad, self.ctx.world) if self.reference is not None else None
         return len(self.items)
 
     def build_held_out(self) -> None:
@@ -179,21 +179,33 @@ class PreferenceStage(Stage):
         return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
 
     def unpaired_loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        unpaired, cache = self.unpaired, self.cache
+        unpaired, cache, world = self.unpaired, self.cache, self.ctx.world
         scores = sequence_logps(model, [self.items[i][0] for i in indices], self.pad)
-        # KTO's reference point: completions shifted by one within the batch (TRL), no gradient
-        mismatched = [tokenize_response(unpaired[i].prompt, unpaired[indices[(k + 1) % len(indices)]].completion,
-                                        self.tokenizer, self.hp.max_length) for k, i in enumerate(indices)]
+        # KTO's reference point: completions shifted by one within the whole micro-batch (TRL), no
+        # gradient; each process scores its share's mismatched pairs and the mean is global
+        whole = self.loop.micro_batch if world.distributed else indices
+        positions = range(world.rank, len(whole), world.size) if world.distributed else range(len(whole))
+        mismatched = [tokenize_response(unpaired[whole[j]].prompt, unpaired[whole[(j + 1) % len(whole)]].completion,
+                                        self.tokenizer, self.hp.max_length) for j in positions]
         with torch.no_grad():
             policy_kl = sequence_logps(model, mismatched, self.pad).logp_sum
-        kl_ref = kto_reference_point(policy_kl, cache.score(mismatched).logp_sum.to(policy_kl.device))
+        ref_kl = cache.score(mismatched).logp_sum.to(policy_kl.device)
+        if world.distributed:  # the mean over every process's pairs, then the clamp (as TRL does)
+            total = world.sum(torch.stack([(policy_kl - ref_kl).sum().double(), torch.tensor(float(len(policy_kl)), dtype=torch.float64, device=policy_kl.device)]))
+            kl_ref = (total[0] / total[1]).clamp(min=0).float().detach()
+        else:
+            kl_ref = kto_reference_point(policy_kl, ref_kl)
         desirable = torch.tensor([unpaired[i].desirable for i in indices], device=scores.logp_sum.device)
         out = self.loss_of(KTOInputs(scores.logp_sum, cache.get(indices)[:, 0], desirable, kl_ref), self.options)
         metrics = {**batch_metrics(out), "kl_ref": float(kl_ref)}
         return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
 
     def before_training(self, loop: TrainLoop) -> None:
+        self.loop = loop
+        if self.reference is not None:  # placed as the engine places models (sharded under ZeRO-3)
+            self.reference = loop.engine.frozen(self.reference)
         if self.cache is not None:  # fill the reference cache in the order the first epoch reads
+            self.cache.model = self.reference
             self.cache.follow(loop.order.epoch_order(0), self.hp.batch_size * self.hp.gradient_accumulation_steps)
 
     def extra_metrics(self) -> dict[str, float]:

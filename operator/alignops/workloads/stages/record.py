@@ -32,14 +32,14 @@ class StageRecord:
             self._first_loss = next((r["loss"] for r in self.ctx.metrics.history if "loss" in r), None)
         return self._first_loss
 
-    def loop(self, start: Starting, hp, dataset_size: int, loss_fn) -> TrainLoop:
+    def loop(self, start: Starting, hp, dataset_size: int, loss_fn, units_fn=None) -> TrainLoop:
         """The stage's TrainLoop: every checkpoint carries the tokenizer and this record, and a
         resumed run continues from the stage's last committed checkpoint."""
         def save_extra(directory: Path) -> None:
             start.tokenizer.save_pretrained(str(directory))
             self.save(directory)
 
-        loop = TrainLoop(self.ctx, start.model, hp, loss_fn, save_extra, dataset_size=dataset_size)
+        loop = TrainLoop(self.ctx, start.model, hp, loss_fn, save_extra, dataset_size=dataset_size, units_fn=units_fn)
         if start.resume is not None:
             loop.restore(start.directory, start.resume)
         return loop
@@ -54,7 +54,7 @@ class StageRecord:
         state = loop.state
         self.ctx.metrics.log({"step": state.step, "total_steps": state.total_steps, "round": state.round,
                               **{snake_case(name): value for name, value in after.items()}})
-        metrics: dict[str, float] = {"loss": state.last_loss, "steps": state.step}
+        metrics: dict[str, float] = {"loss": state.last_loss, "steps": state.step, "worldSize": self.ctx.world.size}
         if self.first_loss is not None:
             metrics["lossFirst"] = self.first_loss
         for name, value in self.before.items():

@@ -70,6 +70,12 @@ class RewardStage(Stage):
     def evaluate(self, model) -> dict[str, float]:
         return reward_pair_metrics(model, self.held, self.pad)
 
+    def loss_units(self, indices: list[int]) -> float:
+        """Rankings for a whole-ranking loss, else the pairs each ranking holds."""
+        if REWARD_LOSSES.traits(self.algorithm).whole_rankings:
+            return len(indices)
+        return sum(len(self.sequences[i]) * (len(self.sequences[i]) - 1) / 2 for i in indices)
+
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
         hp, train = self.hp, self.train
         counts = [len(self.sequences[i]) for i in indices]

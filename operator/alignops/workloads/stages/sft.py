@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from alignops.algos import IGNORE_INDEX
 from alignops.algos.sft import masked_lm_loss
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
@@ -51,7 +52,12 @@ class SftStage(Stage):
         examples = records.each(lambda r: tokenize_sft(r, self.tokenizer, self.hp.max_length))
         self.train = learnable_examples(examples, records.source, self.hp.max_length)
         self.dropped = len(examples) - len(self.train)
+        # response tokens each example's loss averages over (a label predicts from the token before)
+        self.response_tokens = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in self.train]
         return len(self.train)
+
+    def loss_units(self, indices: list[int]) -> float:
+        return sum(self.response_tokens[i] for i in indices)
 
     def build_held_out(self) -> None:
         source, verifiable = held_out_source(self.ctx, self.hp.eval_size)

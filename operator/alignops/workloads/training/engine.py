@@ -1,115 +1,154 @@
-"""The engine seam: everything a training loop does that depends on how the model is placed. One
-process on one device (``PlainEngine``) today; a DeepSpeed ZeRO engine plugs in behind the same
-methods (forward under autocast, backward, clip and step, optimizer state save/restore, the world
-size), so the loop, ``TrainState`` and every stage stay as they are.
+"""The engine seam: everything a training loop does that depends on where the model lives. One
+process without DeepSpeed (``PlainEngine``), or DeepSpeed ZeRO over the run's processes
+(``alignops.workloads.training.deepspeed_engine``); the loop, ``TrainState`` and every stage call
+the same methods: forward under ``autocast``, ``backward`` of each micro-batch, ``step`` (clip, update,
+schedule), saving and restoring, ``gathered`` weights for generation, and ``frozen`` models placed
+as the engine places its own (a reference or reward model sharded under ZeRO-3).
 
-Parameter groups: a stage passes its trainable parameters as optimizer groups (the rl stage: the
-policy, then the critic with its own learning rate); each group's gradient norm is clipped on its
-own, so a critic's large value gradients never shrink the policy's step.
+Trainables: a stage trains one model, or several with their own learning rates (the rl stage's
+policy and critic). Each is clipped on its own (a critic's large value gradients never shrink the
+policy's step), and a micro-batch's loss is one tensor per trainable.
+
+Checkpoints hold the weights as a Hugging Face directory (safetensors, whole, written by rank 0)
+and the optimizer state by parameter name (``optimizer_state``), so a run resumes on any number of
+processes and any ZeRO stage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
-from alignops.workloads.models.loading import autocast_dtype
+from alignops.contract import DistributedRun
+from alignops.workloads.distributed import SINGLE, World
+from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.training.optimization import ScheduleState, Trainable, make_scheduler
+from alignops.workloads.training.optimizer_state import (
+    OptimizerStateReader,
+    adam_states,
+    adam_step,
+    load_adam_states,
+    write_optimizer_state,
+)
 
-OPTIMIZER_STATE = "optimizer.pt"
-SCHEDULER_STATE = "scheduler.pt"
-
-
-def make_scheduler(optimizer, kind: str, warmup: int, total: int):
-    """Linear warm-up over ``warmup`` steps, then ``constant``, ``cosine`` or ``linear`` decay."""
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+LEGACY_OPTIMIZER_STATE = "optimizer.pt"  # checkpoints written before the by-name format
 
 
 class Engine(Protocol):
-    """What the training loop asks of wherever the model lives."""
+    """What the training loop asks of wherever the models live."""
 
-    model: torch.nn.Module
-    world_size: int
-    rank: int
+    world: World
+    model: torch.nn.Module  # the main trainable, called for forward passes
+    models: list[torch.nn.Module]
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
 
     def zero_grad(self) -> None: ...
 
-    def backward(self, loss: torch.Tensor) -> None: ...
+    def backward(self, losses: Sequence[torch.Tensor]) -> None:
+        """Back-propagate one micro-batch: one loss per trainable, in order."""
 
     def step(self, max_grad_norm: float) -> list[float]:
-        """Clip each parameter group's gradients, step the optimizer and the scheduler; returns the
-        groups' gradient norms before clipping."""
+        """Clip each trainable's gradients, update, advance the schedule; returns each trainable's
+        gradient norm before clipping."""
 
     def learning_rate(self) -> float: ...
 
-    def save_model(self, directory: Path) -> None:
-        """The model as a Hugging Face checkpoint (safetensors), whole, on the main rank."""
+    def save_pretrained(self, model: torch.nn.Module, directory: Path) -> None:
+        """``model`` (one of the trainables) as a whole Hugging Face checkpoint, written by rank 0
+        (every process calls it)."""
 
     def save_state(self, directory: Path) -> None:
-        """Optimizer and scheduler state."""
+        """Optimizer (by parameter name) and scheduler state (every process calls it)."""
 
     def load_state(self, directory: Path) -> None: ...
 
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """The trainables' whole weights on every process (generation); a no-op unless sharded."""
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that is never trained (a reference, a reward model), placed for inference."""
+
+
+def _named(trainables: Sequence[Trainable]):
+    for t in trainables:
+        for name, param in t.model.named_parameters():
+            if param.requires_grad:
+                yield (f"{t.prefix}.{name}" if t.prefix else name), param
+
 
 class PlainEngine:
-    """One process, one device: AdamW and the stage's schedule over plain PyTorch modules."""
+    """One process, one device: AdamW over every trainable (one parameter group each) and the
+    stage's schedule, plain PyTorch modules."""
 
-    world_size = 1
-    rank = 0
-
-    def __init__(self, model: torch.nn.Module, hp: Any, total_steps: int, parameter_groups: list[dict] | None = None):
-        self.model = model
-        groups = parameter_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        self.optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    def __init__(self, trainables: Sequence[Trainable], hp: Any, total_steps: int, world: World = SINGLE):
+        self.world = world
+        self.trainables = list(trainables)
+        self.models = [t.model for t in self.trainables]
+        self.model = self.models[0]
+        groups = [{"params": [p for p in t.model.parameters() if p.requires_grad],
+                   **({"lr": t.learning_rate} if t.learning_rate is not None else {})} for t in self.trainables]
+        fused = self.model_device().type == "cuda"  # one kernel for the whole update on a GPU
+        self.optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=fused or None)
         self.scheduler = make_scheduler(self.optimizer, hp.lr_scheduler, hp.warmup_steps, total_steps)
-        self.device = next(model.parameters()).device
-        self.autocast_dtype = autocast_dtype(hp.precision, self.device)
+        self.autocast_dtype = autocast_dtype(hp.precision, self.model_device())
+
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.model_device().type, dtype=self.autocast_dtype)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+    def backward(self, losses: Sequence[torch.Tensor]) -> None:
+        sum(losses).backward()
 
     def step(self, max_grad_norm: float) -> list[float]:
-        norms = [float(torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm)) for group in self.optimizer.param_groups]
+        norms = [torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm) for group in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
-        return norms
+        return [float(n) for n in norms]
 
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def save_model(self, directory: Path) -> None:
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+    def save_pretrained(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(str(directory), safe_serialization=True)
 
     def save_state(self, directory: Path) -> None:
-        torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_STATE)
-        torch.save(self.scheduler.state_dict(), directory / SCHEDULER_STATE)
+        write_optimizer_state(directory, adam_states(self.optimizer, _named(self.trainables)), adam_step(self.optimizer))
+        ScheduleState.save([self.scheduler], directory)
 
     def load_state(self, directory: Path) -> None:
-        self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER_STATE, map_location=self.device, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_STATE, weights_only=True))
+        if OptimizerStateReader.present(directory):
+            load_adam_states(self.optimizer, _named(self.trainables), OptimizerStateReader(directory))
+        else:  # a checkpoint of the earlier format: torch's own state dict
+            self.optimizer.load_state_dict(torch.load(directory / LEGACY_OPTIMIZER_STATE, map_location=self.model_device(),
+                                                      weights_only=True))
+        ScheduleState.load([self.scheduler], [self.optimizer], directory)
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.requires_grad_(False)
+        return model.to(pick_device()).eval()
 
 
-def make_engine(model: torch.nn.Module, hp: Any, total_steps: int, parameter_groups: list[dict] | None = None) -> Engine:
-    """The engine a stage trains with: the one seam where a distributed engine is chosen."""
-    return PlainEngine(model, hp, total_steps, parameter_groups)
+def make_engine(trainables: Sequence[Trainable], hp: Any, total_steps: int, world: World = SINGLE,
+                distributed: DistributedRun | None = None) -> Engine:
+    """The engine a stage trains with: the one place a distributed engine is chosen. DeepSpeed when
+    the run has a ZeRO stage (more than one process, or a stage or offload asked for); plain
+    PyTorch otherwise."""
+    if distributed is not None and distributed.zero_stage is not None:
+        from alignops.workloads.training.deepspeed_engine import DeepSpeedEngine  # imported only when used
+
+        return DeepSpeedEngine(trainables, hp, total_steps, world, distributed)
+    return PlainEngine(trainables, hp, total_steps, world)

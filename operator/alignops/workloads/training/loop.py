@@ -5,6 +5,15 @@ optimiser step through the engine, metrics every ``logEvery`` steps, checkpoints
 A stage with a dataset hands the loop ``loss_fn(model, indices)`` and the loop reads the data in
 ``DataOrder``; a stage that makes its own batches (rl) calls ``optimizer_step`` with its own
 micro-batches and loss, and still gets the loop's step, commit and restore.
+
+Same numbers at any world size: step k reads the same ``batchSize x gradientAccumulationSteps``
+examples whatever the number of processes; each process takes an equal share of every micro-batch.
+A stage's loss is a mean over its items' units (tokens for SFT, pairs for DPO; ``units_fn``), and
+the loop weights it by the micro-batch share's units over the whole step's units (summed over
+every micro-batch and process), times the process count (the engines average gradients over
+processes): the global token mean, never a mean of micro-batch means (the gradient-accumulation
+loss bug transformers fixed in 4.46). Losses are read back to Python only at log steps, summed
+over processes; only the main process logs and commits.
 """
 
 from __future__ import annotations
@@ -13,14 +22,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 
 from alignops.storage import apply_retention, commit_checkpoint
 from alignops.storage.checkpoints import CheckpointRef
-from alignops.workloads.context import RunContext, StopRequested
-from alignops.workloads.training.engine import make_engine
+from alignops.workloads.context import ConfigError, RunContext, StopRequested
+from alignops.workloads.training.engine import Trainable, make_engine
 from alignops.workloads.training.order import DataOrder
 from alignops.workloads.training.state import TrainState
 
@@ -29,42 +38,62 @@ Micro = TypeVar("Micro")
 
 @dataclass
 class MicroBatchLoss:
-    """One micro-batch's loss (what is back-propagated), its tokens, and figures to log."""
+    """One micro-batch's loss (what is back-propagated; one per trained model when a stage trains
+    several, e.g. the rl stage's policy and critic), its tokens, and figures to log (floats or
+    0-dim tensors; tensors are read back only when logged)."""
 
-    loss: torch.Tensor
+    loss: torch.Tensor | Sequence[torch.Tensor]
     tokens: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        return [self.loss] if isinstance(self.loss, torch.Tensor) else list(self.loss)
 
 
 @dataclass
 class StepOutput:
-    """One optimiser step: the loss and figures summed over micro-batches (each divided by the
-    accumulation divisor), the tokens, and each parameter group's gradient norm."""
+    """One optimiser step on this process: the loss and figures summed over its micro-batches (each
+    weighted as it was back-propagated; sum them over processes for the step's figure), its tokens,
+    and each trained model's gradient norm (already global)."""
 
-    loss: float
+    loss: torch.Tensor
     tokens: int
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     grad_norms: list[float]
+
+
+def to_floats(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()}
 
 
 class TrainLoop:
     """Trains ``model`` to ``total_steps`` (``maxSteps``, else ``epochs`` over ``dataset_size``).
 
     ``save_extra(dir)`` lets a stage add files to every checkpoint (its tokenizer, a critic, its
-    record); ``parameter_groups`` are optimizer groups (default: every trainable parameter)."""
+    record); ``units_fn(indices)`` counts what the stage's loss is a mean over (default: the items);
+    ``extra_trainables`` are further models trained beside ``model`` (the rl stage's critic)."""
 
     def __init__(self, ctx: RunContext, model: torch.nn.Module, hp: Any,
                  loss_fn: Callable[[torch.nn.Module, list[int]], MicroBatchLoss] | None,
                  save_extra: Callable[[Path], None], dataset_size: int | None = None,
-                 total_steps: int | None = None, parameter_groups: list[dict] | None = None):
+                 total_steps: int | None = None, extra_trainables: Sequence[Trainable] = (),
+                 units_fn: Callable[[list[int]], float] | None = None):
         self.ctx, self.hp, self.loss_fn, self.save_extra = ctx, hp, loss_fn, save_extra
+        self.world = ctx.world
+        self.units_fn = units_fn or len
         self.order = None
         if dataset_size is not None:
+            if hp.batch_size % self.world.size:
+                raise ConfigError(f"hyperparameters.batchSize {hp.batch_size} must be a multiple of the stage's "
+                                  f"{self.world.size} processes (resources.gpus)")
             self.order = DataOrder(dataset_size, hp.batch_size, hp.gradient_accumulation_steps, hp.seed)
         total = total_steps or hp.max_steps or hp.epochs * self.order.steps_per_epoch()
-        self.engine = make_engine(model, hp, total, parameter_groups)
-        self.state = TrainState(self.engine, total)
+        self.engine = make_engine([Trainable(model), *extra_trainables], hp, total, self.world, ctx.config.distributed)
+        self.state = TrainState(self.engine, total, seed=hp.seed)
         self.committed: CheckpointRef | None = None
+        self.micro_batch: list[int] = []  # the whole micro-batch being read (every process's share)
+        self._last_loss_tensor: torch.Tensor | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -75,53 +104,88 @@ class TrainLoop:
         self.committed = ref
 
     def commit(self) -> CheckpointRef:
-        """Commit the current state as ``<stage_key>/[round-<n>/]checkpoint-<step>/``."""
-        state = self.state
+        """Commit the current state as ``<stage_key>/[round-<n>/]checkpoint-<step>/`` (every process
+        takes part in gathering the state; the main process uploads)."""
+        state, world = self.state, self.world
+        self._settle_loss()
         directory = self.ctx.scratch / f"checkpoint-{state.step}"
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         state.save(directory)
         self.save_extra(directory)
-        key = self.ctx.config.stage_key
-        self.committed = commit_checkpoint(self.ctx.store, directory, key, state.step, state.round)
-        apply_retention(self.ctx.store, key, self.hp.keep_checkpoints)
+        ref = None
+        if world.is_main:
+            key = self.ctx.config.stage_key
+            ref = commit_checkpoint(self.ctx.store, directory, key, state.step, state.round)
+            apply_retention(self.ctx.store, key, self.hp.keep_checkpoints)
         shutil.rmtree(directory, ignore_errors=True)
+        self.committed = world.broadcast_object(ref)
         return self.committed
 
+    def stop_requested(self) -> bool:
+        """Whether a SIGTERM reached any process: all of them stop at the same step."""
+        return self.world.any(self.ctx.stop.is_set())
+
     def optimizer_step(self, micro_batches: Iterable[Micro], loss_of: Callable[[Micro], MicroBatchLoss],
-                       divisor: int = 1) -> StepOutput:
-        """Back-propagate ``loss_of(m) / divisor`` for each micro-batch, then one optimiser step.
-        ``divisor`` is the accumulation count for per-micro-batch means (1 where the losses are
-        already normalised by the whole step's counts, as the rl update's are)."""
+                       weight_of: Callable[[Micro], float] | None = None) -> StepOutput:
+        """Back-propagate ``loss_of(m) * weight_of(m)`` for each of this process's micro-batches,
+        then one optimiser step. ``weight_of`` turns a micro-batch's mean into its share of the
+        step's global mean (times the process count); default 1, for losses the caller already
+        normalised by the whole step's counts (the rl update's)."""
         self.engine.zero_grad()
-        loss_total, tokens, metrics = 0.0, 0, {}
+        loss_total = torch.zeros(())
+        tokens, metrics = 0, {}
         for micro in micro_batches:
             out = loss_of(micro)
-            self.engine.backward(out.loss if divisor == 1 else out.loss / divisor)
-            loss_total += out.loss.item() / divisor
+            weight = weight_of(micro) if weight_of is not None else 1.0
+            losses = out.losses
+            self.engine.backward([loss * weight for loss in losses])
+            loss_total = loss_total + sum(loss.detach().float().cpu() for loss in losses) * weight
             tokens += out.tokens
             for name, value in out.metrics.items():
-                metrics[name] = metrics.get(name, 0.0) + value / divisor
+                metrics[name] = metrics.get(name, 0.0) + (value.detach().cpu() if isinstance(value, torch.Tensor) else value) * weight
         norms = self.engine.step(self.hp.max_grad_norm)
         state = self.state
         state.step += 1
         state.tokens_seen += tokens
-        state.last_loss = loss_total
+        state.last_loss = None  # read back at log steps and commits (_settle_loss)
+        self._last_loss_tensor = loss_total
         return StepOutput(loss_total, tokens, metrics, norms)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimiser step over the next ``gradientAccumulationSteps`` micro-batches of the data."""
+    def train_step(self) -> dict[str, Any]:
+        """One optimiser step over the next ``gradientAccumulationSteps`` micro-batches of the data;
+        this process reads its share of each. Figures are this process's shares (``log_record``
+        sums them over processes)."""
         self.model.train()
-        accumulation = self.hp.gradient_accumulation_steps
-        step = self.state.step
+        world, step = self.world, self.state.step
+        micro_batches = [self.order.micro_batch(step, m) for m in range(self.hp.gradient_accumulation_steps)]
+        step_units = float(sum(self.units_fn(m) for m in micro_batches))
 
-        def loss_of(micro: int) -> MicroBatchLoss:
+        def loss_of(micro: list[int]) -> MicroBatchLoss:
+            self.micro_batch = micro
             with self.engine.autocast():
-                return self.loss_fn(self.model, self.order.micro_batch(step, micro))
+                return self.loss_fn(self.model, world.share(micro))
 
-        out = self.optimizer_step(range(accumulation), loss_of, accumulation)
-        return {"loss": out.loss, "grad_norm": out.grad_norms[0], "tokens": out.tokens, **out.metrics}
+        def weight_of(micro: list[int]) -> float:
+            return self.units_fn(world.share(micro)) / max(step_units, 1e-12) * world.size
+
+        # a share's loss is weighted by its units over the step's, times the process count (the
+        # engines average gradients): the sum over processes is the step's global mean
+        out = self.optimizer_step(micro_batches, loss_of, lambda m: weight_of(m))
+        return {"loss": out.loss, "grad_norm": out.grad_norms[0], "tokens": out.tokens,
+                **{k: v / world.size for k, v in out.metrics.items()}}
+
+    def log_record(self, record: dict[str, Any]) -> dict[str, float]:
+        """A step's figures as the run reports them: shares summed over processes, as floats. The
+        loss is the global mean (shares were weighted by the process count for the gradient)."""
+        world = self.world
+        shares = to_floats({k: v for k, v in record.items() if k not in ("grad_norm",)})
+        shares["loss"] = shares["loss"] / world.size
+        totals = world.sum_floats(shares)
+        totals["grad_norm"] = float(record["grad_norm"])
+        self.state.last_loss = totals["loss"]
+        return totals
 
     def run(self) -> CheckpointRef:
         """Train to ``total_steps`` from wherever ``restore`` left the position; returns the final
@@ -129,18 +193,20 @@ class TrainLoop:
         state = self.state
         window_tokens, window_start = 0, time.perf_counter()
         while state.step < state.total_steps:
-            if self.ctx.stop.is_set():
+            if self.stop_requested():
                 self.commit()
                 raise StopRequested(f"stopped at step {state.step}")
             started = time.perf_counter()
             record = self.train_step()
             window_tokens += record.pop("tokens")
             if state.step % self.hp.log_every == 0 or state.step == state.total_steps:
+                figures = self.log_record({**record, "tokens": window_tokens})
                 elapsed = time.perf_counter() - window_start
+                tokens = figures.pop("tokens")
                 self.ctx.metrics.log({
                     "step": state.step, "total_steps": state.total_steps, "round": state.round,
                     "lr": self.engine.learning_rate(), "step_time": time.perf_counter() - started,
-                    "tokens_per_second": window_tokens / elapsed if elapsed > 0 else 0.0, **record,
+                    "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0, **figures,
                 })
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
@@ -148,3 +214,8 @@ class TrainLoop:
         if self.committed is None or self.committed.step != state.step:
             self.commit()
         return self.committed
+
+    def _settle_loss(self) -> None:
+        """The last step's global loss, read back for the checkpoint (a step that was not logged)."""
+        if self.state.last_loss is None and self._last_loss_tensor is not None:
+            self.state.last_loss = float(self.world.sum(self._last_loss_tensor.clone().double())) / self.world.size

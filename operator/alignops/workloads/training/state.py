@@ -1,31 +1,56 @@
 """``TrainState``: everything a checkpoint must hold to continue a stage exactly where it stopped —
-the model and optimizer/scheduler state (through the engine), the RNG streams, and the position
-(optimiser steps taken, tokens seen, the last loss, the rl round). The data position needs only the
-step: the data order is a pure function of the seed (``alignops.workloads.training.order``)."""
+the model and optimizer/scheduler state (through the engine), each process's RNG streams, and the
+position (optimiser steps taken, tokens seen, the last loss, the rl round). The data position needs
+only the step: the data order is a pure function of the seed (``alignops.workloads.training.order``).
+
+Every process calls ``save`` and ``restore`` (the engine gathers and scatters shards); only the main
+process writes files. A run resumed on another number of processes keeps the weights, optimizer
+and position; processes without a saved RNG stream derive one from the seed, rank and step, and
+the log says so.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from alignops.seeds import PROCESS, STEP, derive_seed
 from alignops.workloads.training.engine import Engine
 
 TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state.pt"
 
 
+def _rng_now() -> dict:
+    return {"torch": torch.random.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None}
+
+
+def _set_rng(state: dict) -> None:
+    torch.random.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    cuda = state.get("cuda")
+    if torch.cuda.is_available() and cuda is not None:
+        if isinstance(cuda, list):  # the earlier format: every device's state
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
+
+
 @dataclass
 class TrainState:
     engine: Engine
     total_steps: int
+    seed: int = 0
     step: int = 0
     tokens_seen: int = 0
     last_loss: float | None = None
     round: int | None = None
+    world_size_saved: int | None = None  # the process count of the checkpoint restored from
 
     @property
     def model(self) -> torch.nn.Module:
@@ -33,22 +58,33 @@ class TrainState:
 
     def save(self, directory: Path) -> None:
         """Write the model, optimizer, scheduler, RNG and position into ``directory``."""
-        self.engine.save_model(directory)
+        world = self.engine.world
+        self.engine.save_pretrained(self.engine.model, directory)
         self.engine.save_state(directory)
-        torch.save({"torch": torch.random.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, directory / RNG_STATE)
-        (directory / TRAINER_STATE).write_text(json.dumps(
-            {"step": self.step, "total_steps": self.total_steps, "tokens_seen": self.tokens_seen,
-             "last_loss": self.last_loss, "round": self.round}))
+        streams = world.all_gather_object(_rng_now())
+        if world.is_main:
+            torch.save({"world_size": world.size, "ranks": streams}, directory / RNG_STATE)
+            (directory / TRAINER_STATE).write_text(json.dumps(
+                {"step": self.step, "total_steps": self.total_steps, "tokens_seen": self.tokens_seen,
+                 "last_loss": self.last_loss, "round": self.round, "world_size": world.size}))
 
     def restore(self, directory: Path) -> None:
         """Restore optimizer, scheduler, RNG and position from a committed checkpoint's directory
         (the model's weights were loaded from it by the stage)."""
+        world = self.engine.world
         saved = json.loads((directory / TRAINER_STATE).read_text())
         self.step, self.tokens_seen, self.last_loss = saved["step"], saved["tokens_seen"], saved.get("last_loss")
+        self.world_size_saved = saved.get("world_size", 1)
         self.engine.load_state(directory)
         rng = torch.load(directory / RNG_STATE, weights_only=False)
-        torch.random.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if torch.cuda.is_available() and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        streams = rng["ranks"] if "ranks" in rng else [rng]
+        if len(streams) == world.size:
+            _set_rng(streams[world.rank])
+        else:
+            seed = derive_seed(self.seed, (PROCESS, world.rank), (STEP, self.step))
+            torch.manual_seed(seed)
+            random.seed(seed)
+        if self.world_size_saved != world.size and world.is_main:
+            print(f"resuming at step {self.step} on {world.size} process(es) from a checkpoint written by "
+                  f"{self.world_size_saved}: weights, optimizer state and data position carried over; random "
+                  "streams re-derived from the seed", file=sys.stderr, flush=True)
