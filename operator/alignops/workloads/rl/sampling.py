@@ -12,17 +12,22 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.data.batching import encode_prompt
-from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.models.loading import autocast_dtype, load_tokenizer, pick_device
+from alignops.workloads.models.policy import Starting, initial_model, input_checkpoint, starting_policy
 from alignops.workloads.rl.prompts import round_prompts
 from alignops.workloads.rl.rewards import RewardMix, RewardResources, ScoringBatch, default_terms
 from alignops.workloads.rl.store import Rollout, RoundRollouts, save_rollouts
 from alignops.workloads.rl.update import RlPlan
-from alignops.workloads.rollout import EngineInputs, SamplingSettings, make_engine
-from alignops.seeds import GENERATE_CALL, ROUND, derive_seed
+from alignops.workloads.rollout import EngineInputs, SamplingSettings, engine_traits, make_engine
+from alignops.seeds import GENERATE_CALL, PROMPT, ROUND, SAMPLE, derive_seed
+
+SAMPLED, GREEDY = 0, 1  # the generation passes of a round (GENERATE_CALL coordinate)
 
 
-def sample_seed(hp: RlHyperparameters, round_: int, call: int) -> int:
-    return derive_seed(hp.seed, (ROUND, round_), (GENERATE_CALL, call))
+def prompt_seeds(hp: RlHyperparameters, round_: int, pass_: int, count: int) -> list[int]:
+    """One seed per prompt of the round: the samples of two prompts never share a noise stream
+    (equal prompts included), and a rerun or the other placement draws the same ones."""
+    return [derive_seed(hp.seed, (ROUND, round_), (GENERATE_CALL, pass_), (PROMPT, i), (SAMPLE, 0)) for i in range(count)]
 
 
 class RoundSampler:
@@ -36,12 +41,13 @@ class RoundSampler:
         if self.ctx.stop.is_set():
             raise StopRequested(f"stopped while sampling round {round_}; the rounds before it are committed")
 
-    def _generate(self, ids: list[list[int]], sampling: SamplingSettings, round_: int, offset: int) -> list:
+    def _generate(self, ids: list[list[int]], sampling: SamplingSettings, round_: int, pass_: int) -> list:
         out = []
         step = self.engine.prompts_per_call
-        for call, start in enumerate(range(0, len(ids), step)):
+        seeds = prompt_seeds(self.hp, round_, pass_, len(ids))
+        for start in range(0, len(ids), step):
             self._check_stop(round_)
-            out += self.engine.generate(ids[start : start + step], sampling, sample_seed(self.hp, round_, offset + call))
+            out += self.engine.generate(ids[start : start + step], sampling, seeds[start : start + step])
         return out
 
     def _score(self, records: list[dict], completions: list, group_ids: list[int]):
@@ -62,11 +68,11 @@ class RoundSampler:
         sampling = SamplingSettings(n=n, temperature=hp.temperature, top_p=hp.top_p, max_new_tokens=hp.max_new_tokens,
                                     stop=tuple(hp.stop or ()))
         started = time.perf_counter()
-        groups = self._generate(ids, sampling, round_, 0)
+        groups = self._generate(ids, sampling, round_, SAMPLED)
         greedy = None
         if self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
             greedy = [g[0] for g in self._generate(ids, SamplingSettings(max_new_tokens=hp.max_new_tokens, stop=sampling.stop, greedy=True),
-                                                    round_, 500)]
+                                                    round_, GREEDY)]
         time_generate = time.perf_counter() - started
         completions = [c for group in groups for c in group]
         group_ids = [g for g, group in enumerate(groups) for _ in group]
@@ -107,9 +113,36 @@ def reward_mix(ctx: RunContext, hp: RlHyperparameters) -> RewardMix:
     return RewardMix(terms, RewardResources(reward_model_dir=directory, device=pick_device(), batch_size=hp.generation_batch_size))
 
 
+def rollout_policy(ctx: RunContext, hp: RlHyperparameters) -> Starting:
+    """The policy a split rollout run samples with. An engine that loads from disk gets the
+    checkpoint's directory and tokenizer only: no trainer copy of the model is loaded (a base model
+    built from its architecture is built, then saved for the engine by ``engine_for``)."""
+    if not engine_traits(hp.engine).loads_from_disk:
+        return starting_policy(ctx)
+    resume = ctx.latest()
+    directory = ctx.checkpoint_dir(resume) if resume is not None else input_checkpoint(ctx, ctx.config.inputs.policy)
+    if directory is None:
+        return initial_model(ctx, ctx.config.inputs.policy)
+    return Starting(None, load_tokenizer(directory), resume, directory)
+
+
+def engine_extra(hp: RlHyperparameters, model_config, device: torch.device) -> dict:
+    """What the stage tells an engine beyond its hyperparameters: the trainer's autocast dtype (and
+    the engine's weight dtype to match), the longest sequence the stage can ask for (prompt +
+    response budget, within the model's context), and whether it shares the GPU with the trainer."""
+    autocast = autocast_dtype(hp.precision, device)
+    budget = hp.max_prompt_length + hp.max_new_tokens
+    context = getattr(model_config, "max_position_embeddings", None)
+    return {"autocast": autocast,
+            "dtype": "bfloat16" if autocast == torch.bfloat16 else "float32",
+            "max_model_len": min(budget, context) if context else budget,
+            "colocated": hp.placement == "colocated"}
+
+
 def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directory: Path | None):
-    """The rollout engine over ``model``; engines that load from disk get ``directory`` (or a copy of
-    the in-memory weights saved to scratch)."""
+    """The rollout engine over ``model`` (None for a split rollout run of an engine that loads from
+    disk); engines that load from disk get ``directory`` (or a copy of the in-memory weights saved
+    to scratch)."""
 
     def model_dir() -> Path:
         if directory is not None:
@@ -119,6 +152,11 @@ def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directo
         tokenizer.save_pretrained(str(target))
         return target
 
-    extra = {"autocast": autocast_dtype(hp.precision, next(model.parameters()).device),
-             "max_model_len": getattr(model.config, "max_position_embeddings", None)}
+    if model is not None:
+        config, device = model.config, next(model.parameters()).device
+    else:
+        from transformers import AutoConfig
+
+        config, device = AutoConfig.from_pretrained(str(directory)), pick_device()
+    extra = engine_extra(hp, config, device)
     return make_engine(hp.engine, EngineInputs(model=model, tokenizer=tokenizer, model_dir=model_dir, hyperparameters=hp, extra=extra))
