@@ -1,6 +1,8 @@
 """The Dockerfiles in images/: no Docker engine here, so everything short of building them: the files
 they copy exist and pass .dockerignore, the commands they run exist in the package, the extras they
-install exist in pyproject.toml, base images and tools are pinned, and they run as a non-root user."""
+install exist in pyproject.toml, base images and tools are pinned, they run as a non-root user,
+they agree with README.md's torch/CUDA/vLLM matrix, and hadolint finds nothing at its warning
+threshold. .github/workflows/images.yml builds them where a container engine exists."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import json
 import importlib.util
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
-from deploy_helpers import CHART, REPO
+from deploy_helpers import CHART, REPO, tool
 
 IMAGES = REPO / "images"
 DOCKERFILES = {"operator": IMAGES / "Dockerfile.operator", "trainer": IMAGES / "Dockerfile.trainer",
@@ -224,24 +229,112 @@ def test_operator_image_has_no_torch():
     assert "pip install --no-cache-dir /wheels/alignops-" in text
 
 
-def test_trainer_image_installs_cuda_torch_train_and_deepspeed():
-    assert _installed_extras("trainer") == {"train", "deepspeed"}
-    installs = pip_installs(instructions(DOCKERFILES["trainer"]))
-    torch_pins = [r for args in installs for r in args if r.startswith("torch==")]
-    assert len(torch_pins) == 1
-    text = DOCKERFILES["trainer"].read_text()
-    assert re.search(r"TORCH_INDEX=https://download\.pytorch\.org/whl/cu\d+", text)
-    assert "vllm" not in text.lower()
+def _requirement_pins(image) -> dict[str, str]:
+    """name -> version of every ``name==version`` the image's pip installs name (ARGs substituted)."""
+    pins: dict[str, str] = {}
+    for args in pip_installs(instructions(DOCKERFILES[image])):
+        for requirement in args:
+            name, sep, version = requirement.partition("==")
+            if sep:
+                assert pins.setdefault(name, version) == version, f"{image}: {name} pinned twice, differently"
+    return pins
 
 
-def test_rollout_image_lets_vllm_pin_its_torch():
-    assert _installed_extras("rollout") == {"rollout"}
-    installs = pip_installs(instructions(DOCKERFILES["rollout"]))
-    requirements = [r for args in installs for r in args]
-    assert any(r.startswith("vllm==") for r in requirements)
-    assert not any(r.startswith("torch") for r in requirements), "the rollout image must take vLLM's torch pin"
-    assert "vllm" in " ".join(PYPROJECT["project"]["optional-dependencies"]["rollout"])
-    assert "torch" not in " ".join(PYPROJECT["project"]["optional-dependencies"]["rollout"])
+def test_trainer_image_installs_train_and_gpu_without_vllm():
+    # [train] carries deepspeed, datasets, peft, huggingface-hub; [gpu] liger-kernel
+    assert _installed_extras("trainer") == {"train", "gpu"}
+    assert {"deepspeed", "datasets", "peft"} <= {re.split(r"[<>=\[ ]", r)[0] for r in PYPROJECT["project"]["optional-dependencies"]["train"]}
+    pins = _requirement_pins("trainer")
+    assert "torch" in pins and "vllm" not in pins
+    # PyPI's torch wheel (the CUDA build vLLM pins), not another index's
+    assert not re.search(r"--(extra-)?index-url", " ".join(run_commands(instructions(DOCKERFILES["trainer"]))))
+
+
+def test_rollout_image_has_vllm_and_what_a_colocated_stage_trains_with():
+    # a colocated engine: vllm stage trains in this image (alignops.operator.builders.stage_image)
+    assert _installed_extras("rollout") == {"train", "gpu", "rollout"}
+    pins = _requirement_pins("rollout")
+    assert {"torch", "vllm", "transformers"} <= set(pins)
+    minimum = re.fullmatch(r"vllm>=([\d.]+)", PYPROJECT["project"]["optional-dependencies"]["rollout"][0])
+    assert minimum, "the [rollout] extra starts with vllm>=X"
+    assert tuple(map(int, minimum.group(1).split("."))) <= tuple(map(int, pins["vllm"].split(".")))
+
+
+def _matrix() -> dict[str, dict[str, str]]:
+    """README.md's "Images" table: image -> column -> cell (backticks dropped)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Images"):]
+    rows = [[cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    header, *body = rows
+    return {row[0]: dict(zip(header, row)) for row in body}
+
+
+def test_one_torch_cuda_vllm_matrix_for_the_gpu_images():
+    matrix = _matrix()
+    assert set(matrix) == set(DOCKERFILES)
+    for image in ("trainer", "rollout"):
+        steps = instructions(DOCKERFILES[image])
+        args, pins, row = arg_defaults(steps), _requirement_pins(image), matrix[image]
+        assert args["CUDA_IMAGE"] == row["base"], image
+        assert pins["torch"] == row["torch"] and pins["transformers"] == row["transformers"], image
+        assert pins.get("vllm", "none") == row["vLLM"], image
+        assert set(row["extras"].split(",")) == _installed_extras(image), image
+        # the base image's CUDA is the one the build checks torch against, and the table's
+        tag = re.search(r":(\d+)\.(\d+)\.\d+-", args["CUDA_IMAGE"])
+        assert tag and f"{tag.group(1)}.{tag.group(2)}" == row["CUDA"] and tag.group(1) == args["CUDA_MAJOR"], image
+        assert f"python{row['Python']}" in " ".join(run_commands(steps)), image
+    # the trainer's torch is the rollout image's: a colocated vllm stage trains on the rollout image
+    assert matrix["trainer"]["torch"] == matrix["rollout"]["torch"]
+    assert matrix["trainer"]["CUDA"] == matrix["rollout"]["CUDA"]
+    assert arg_defaults(instructions(DOCKERFILES["operator"]))["PYTHON_IMAGE"] == matrix["operator"]["base"]
+
+
+def _hadolint(*paths) -> subprocess.CompletedProcess:
+    binary = tool("hadolint", str(Path(sys.executable).parent / "hadolint"))
+    return subprocess.run([binary, "--config", str(REPO / ".hadolint.yaml"), "--failure-threshold", "warning", *map(str, paths)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_dockerfiles_are_clean_under_hadolint():
+    run = _hadolint(*DOCKERFILES.values())
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_hadolint_fails_a_bad_dockerfile(tmp_path):
+    # the check above can fail: an unpinned base and an unpinned pip install are warnings
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN pip install requests\n")
+    run = _hadolint(bad)
+    assert run.returncode != 0 and "DL3006" in run.stdout and "DL3013" in run.stdout, run.stdout
+
+
+def test_every_ignored_hadolint_rule_says_why():
+    lines = (REPO / ".hadolint.yaml").read_text().splitlines()
+    ignored = [i for i, line in enumerate(lines) if re.fullmatch(r"\s*- DL\d+", line)]
+    assert ignored
+    for i in ignored:
+        assert lines[i - 1].strip().startswith("#"), f".hadolint.yaml: {lines[i].strip()} has no reason above it"
+    for image, path in DOCKERFILES.items():
+        text = path.read_text().splitlines()
+        for i, line in enumerate(text):
+            if line.startswith("# hadolint ignore="):
+                rule = line.split("=", 1)[1]
+                assert text[i - 1].startswith(f"# {rule}:"), f"{image}: inline ignore of {rule} without a reason"
+
+
+def test_the_images_workflow_builds_and_smoke_tests_every_image():
+    import yaml
+
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "images.yml").read_text())
+    jobs = workflow["jobs"]
+    text = json.dumps(jobs)
+    assert "hadolint" in text
+    build = next(job for job in jobs.values() if "matrix" in job.get("strategy", {}))
+    assert sorted(build["strategy"]["matrix"]["image"]) == sorted(DOCKERFILES)
+    steps = " ".join(step.get("run", "") for step in build["steps"])
+    assert "images/Dockerfile.${{ matrix.image }}" in steps and "images/smoke.py" in steps
+    assert (REPO / "images" / "smoke.py").is_file()
 
 
 def test_chart_default_stage_images_follow_the_app_version():

@@ -164,3 +164,11 @@ class RlHyperparameters(OptimizerCore, RetentionSettings):
     generation_batch_size: int = Field(64, ge=1, le=65536, description="Prompts per call of the rollout engine (transformers).")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm: share of GPU memory the engine may take (the trainer needs the rest when colocated).")
     eval_every: int = Field(1, ge=1, le=100_000, description="Held-out greedy accuracy every this many rounds (and after the last).")
+
+    @model_validator(mode="after")
+    def _vllm_temperature(self) -> "RlHyperparameters":
+        # vLLM's SamplingParams refuses temperatures above 2 (vllm/sampling_params.py, _verify_args)
+        if self.engine == "vllm" and self.temperature > 2:
+            raise ValueError(f"temperature {self.temperature}: engine vllm samples at temperatures up to 2; "
+                             "lower hyperparameters.temperature or use engine: transformers")
+        return self

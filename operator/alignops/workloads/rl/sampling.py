@@ -14,20 +14,23 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.data.batching import encode_prompt
-from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.models.loading import autocast_dtype, load_tokenizer, pick_device
+from alignops.workloads.models.policy import Starting, initial_model, input_checkpoint, starting_policy
 from alignops.workloads.rl.prompts import round_prompts
 from alignops.workloads.rl.rewards import RewardMix, RewardResources, ScoringBatch, default_terms
 from alignops.workloads.rl.store import Rollout, RoundRollouts, save_rollouts
 from alignops.workloads.rl.update import RlPlan
-from alignops.workloads.rollout import EngineInputs, SamplingSettings, make_engine
-from alignops.seeds import GENERATE_CALL, ROUND, derive_seed
+from alignops.workloads.rollout import EngineInputs, SamplingSettings, engine_traits, make_engine
+from alignops.seeds import GENERATE_CALL, PROMPT, ROUND, SAMPLE, derive_seed
+
+SAMPLED, GREEDY = 0, 1  # the generation passes of a round (GENERATE_CALL coordinate)
 
 
-SEED_STRIDE_PER_PROCESS = 100_000  # generate calls of one process in a round, at most
-
-
-def sample_seed(hp: RlHyperparameters, round_: int, call: int) -> int:
-    return derive_seed(hp.seed, (ROUND, round_), (GENERATE_CALL, call))
+def prompt_seeds(hp: RlHyperparameters, round_: int, pass_: int, count: int) -> list[int]:
+    """One seed per prompt of the round: the samples of two prompts never share a noise stream
+    (equal prompts included), and a rerun, the other placement or another process count draws the
+    same ones."""
+    return [derive_seed(hp.seed, (ROUND, round_), (GENERATE_CALL, pass_), (PROMPT, i), (SAMPLE, 0)) for i in range(count)]
 
 
 class RoundSampler:
@@ -47,20 +50,20 @@ class RoundSampler:
         if self.world.any(self.ctx.stop.is_set()):
             raise StopRequested(f"stopped while sampling round {round_}; the rounds before it are committed")
 
-    def _generate(self, ids: list[list[int]], sampling: SamplingSettings, round_: int, offset: int) -> list:
-        """Completions of every prompt in ``ids`` (this process generates its share)."""
+    def _generate(self, ids: list[list[int]], sampling: SamplingSettings, round_: int, pass_: int) -> list:
+        """Completions of every prompt in ``ids``; on several processes each generates its share
+        (with the prompts' own seeds) and every process gets them all back."""
         world = self.world
         mine = list(range(world.rank, len(ids), world.size))
+        seeds = prompt_seeds(self.hp, round_, pass_, len(ids))
         out = []
         step = self.engine.prompts_per_call
-        # seeds per process on several (a run of one keeps its own streams)
-        base = offset + (world.rank * SEED_STRIDE_PER_PROCESS if world.distributed else 0)
         with self.gathered():
-            for call, start in enumerate(range(0, len(mine), step)):
+            for start in range(0, len(mine), step):
                 if not world.distributed:  # several processes agree to stop once per round instead
                     self._check_stop(round_)
-                chunk = [ids[i] for i in mine[start : start + step]]
-                out += self.engine.generate(chunk, sampling, sample_seed(self.hp, round_, base + call))
+                chunk = mine[start : start + step]
+                out += self.engine.generate([ids[i] for i in chunk], sampling, [seeds[i] for i in chunk])
         if not world.distributed:
             return out
         merged: list = [None] * len(ids)
@@ -89,11 +92,11 @@ class RoundSampler:
         started = time.perf_counter()
         if self.world.distributed:
             self._check_stop(round_)
-        groups = self._generate(ids, sampling, round_, 0)
+        groups = self._generate(ids, sampling, round_, SAMPLED)
         greedy = None
         if self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
             greedy = [g[0] for g in self._generate(ids, SamplingSettings(max_new_tokens=hp.max_new_tokens, stop=sampling.stop, greedy=True),
-                                                    round_, 500)]
+                                                    round_, GREEDY)]
         time_generate = time.perf_counter() - started
         completions = [c for group in groups for c in group]
         group_ids = [g for g, group in enumerate(groups) for _ in group]
@@ -137,9 +140,36 @@ def reward_mix(ctx: RunContext, hp: RlHyperparameters, place=None) -> RewardMix:
                                             place=place))
 
 
+def rollout_policy(ctx: RunContext, hp: RlHyperparameters) -> Starting:
+    """The policy a split rollout run samples with. An engine that loads from disk gets the
+    checkpoint's directory and tokenizer only: no trainer copy of the model is loaded (a base model
+    built from its architecture is built, then saved for the engine by ``engine_for``)."""
+    if not engine_traits(hp.engine).loads_from_disk:
+        return starting_policy(ctx)
+    resume = ctx.latest()
+    directory = ctx.checkpoint_dir(resume) if resume is not None else input_checkpoint(ctx, ctx.config.inputs.policy)
+    if directory is None:
+        return initial_model(ctx, ctx.config.inputs.policy)
+    return Starting(None, load_tokenizer(directory), resume, directory)
+
+
+def engine_extra(hp: RlHyperparameters, model_config, device: torch.device) -> dict:
+    """What the stage tells an engine beyond its hyperparameters: the trainer's autocast dtype (and
+    the engine's weight dtype to match), the longest sequence the stage can ask for (prompt +
+    response budget, within the model's context), and whether it shares the GPU with the trainer."""
+    autocast = autocast_dtype(hp.precision, device)
+    budget = hp.max_prompt_length + hp.max_new_tokens
+    context = getattr(model_config, "max_position_embeddings", None)
+    return {"autocast": autocast,
+            "dtype": "bfloat16" if autocast == torch.bfloat16 else "float32",
+            "max_model_len": min(budget, context) if context else budget,
+            "colocated": hp.placement == "colocated"}
+
+
 def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directory: Path | None):
-    """The rollout engine over ``model``; engines that load from disk get ``directory`` (or a copy of
-    the in-memory weights saved to scratch)."""
+    """The rollout engine over ``model`` (None for a split rollout run of an engine that loads from
+    disk); engines that load from disk get ``directory`` (or a copy of the in-memory weights saved
+    to scratch)."""
 
     def model_dir() -> Path:
         if directory is not None:
@@ -149,6 +179,11 @@ def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directo
         tokenizer.save_pretrained(str(target))
         return target
 
-    extra = {"autocast": autocast_dtype(hp.precision, next(model.parameters()).device),
-             "max_model_len": getattr(model.config, "max_position_embeddings", None)}
+    if model is not None:
+        config, device = model.config, next(model.parameters()).device
+    else:
+        from transformers import AutoConfig
+
+        config, device = AutoConfig.from_pretrained(str(directory)), pick_device()
+    extra = engine_extra(hp, config, device)
     return make_engine(hp.engine, EngineInputs(model=model, tokenizer=tokenizer, model_dir=model_dir, hyperparameters=hp, extra=extra))

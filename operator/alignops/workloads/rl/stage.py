@@ -12,8 +12,9 @@ Roles (``StageRunConfig.role``; the planner picks them from ``placement``):
 - ``rollout`` for round n (placement ``split``): loads round n-1's checkpoint (or the start), samples
   and scores round n, writes its rollouts. ``train`` for round n: resumes the trainer from round
   n-1's checkpoint, reads round n's rollouts, updates and commits round n's checkpoint.
-Sampling is seeded by (seed, round) and the update's mini-batch order by (seed, round, epoch): both
-placements, and a rerun, compute the same round from the same weights.
+Sampling is seeded per prompt by (seed, round, prompt index) and the update's mini-batch order by
+(seed, round, epoch): both placements, and a rerun, compute the same round from the same weights.
+Colocated with vLLM, the engine sleeps (gives its GPU memory back) while the policy updates.
 
 Resume: a rerun starts after the last committed round (a round whose rollouts were committed is
 not sampled again). SIGTERM: the run stops at the next safe point (between generation calls or
@@ -71,9 +72,8 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext
 from alignops.contract import StageResult
-from alignops.workloads.models.policy import starting_policy
 from alignops.workloads.rl.prompts import load_prompts
-from alignops.workloads.rl.sampling import RoundSampler, engine_for, reward_mix
+from alignops.workloads.rl.sampling import RoundSampler, engine_for, reward_mix, rollout_policy
 from alignops.workloads.rl.store import load_rollouts
 from alignops.workloads.rl.trainer import RlState, Trainer
 from alignops.workloads.rl.update import RlPlan
@@ -102,7 +102,7 @@ def rollout_run(ctx: RunContext, hp: RlHyperparameters, plan: RlPlan, round_: in
     """Split placement, round n's rollout: sample with round n-1's checkpoint, commit the rollouts."""
     batch = load_rollouts(ctx.store, ctx.config.stage_key, round_)
     if batch is None:
-        start = starting_policy(ctx)
+        start = rollout_policy(ctx, hp)
         done = RlState.load(start.directory).rounds_done if start.resume is not None else 0
         if done != round_ - 1:
             raise RuntimeError(f"round {round_}'s rollout needs round {round_ - 1}'s checkpoint; the last committed round is {done}")
@@ -143,8 +143,10 @@ def train_run(ctx: RunContext, hp: RlHyperparameters, plan: RlPlan) -> StageResu
                 sampler = RoundSampler(ctx, hp, plan, trainer.tokenizer, prompts, engine, reward_mix(ctx, hp, trainer.loop.engine.frozen),
                                        gathered=trainer.loop.engine.gathered)
             started = time.perf_counter()
-            sampler.engine.update_weights(trainer.model)
+            with trainer.loop.engine.gathered():  # whole weights for an engine that copies them (ZeRO-3)
+                sampler.engine.update_weights(trainer.model)
             time_sync = time.perf_counter() - started
             batch = sampler.sample_round(round_)
+            sampler.engine.sleep()  # the update gets the GPU memory the engine held
         trainer.train_round(batch, time_sync)
     return trainer.result()

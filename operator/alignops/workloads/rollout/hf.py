@@ -6,6 +6,9 @@ of each sampled token, the same quantity the trainer recomputes, so the rollout/
 only numerics (padding side, KV cache, batch shape). Top-k is switched off (transformers applies
 top_k=50 when unset): the trainer's distribution has no top-k.
 
+Seeding: one torch generator per call, seeded with the call's first prompt seed; its draws for the
+rows of a batch are independent, so equal prompts in one call still get independent samples.
+
 A response ends at its first end-of-sequence token or where its text first contains a stop string
 (both kept); ``generate`` pads finished rows with the pad token, which is never part of a response.
 """
@@ -16,7 +19,7 @@ import contextlib
 
 import torch
 
-from alignops.workloads.rollout.base import ENGINES, Completion, EngineInputs, SamplingSettings
+from alignops.workloads.rollout.base import ENGINES, Completion, EngineInputs, EngineTraits, SamplingSettings
 
 
 class TransformersEngine:
@@ -29,12 +32,15 @@ class TransformersEngine:
         # colocated: the engine samples with the trainer's module itself, so there is nothing to copy
         self.model = model
 
+    def sleep(self) -> None:
+        pass  # the trainer's own module: nothing of its own to give back
+
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], sampling: SamplingSettings, seed: int) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], sampling: SamplingSettings, seeds: list[int]) -> list[list[Completion]]:
         out: list[list[Completion]] = []
         rng = torch.random.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        torch.manual_seed(seed)  # the trainer's RNG stream is restored below: sampling never shifts it
+        torch.manual_seed(seeds[0])  # the trainer's RNG stream is restored below: sampling never shifts it
         was_training = self.model.training
         self.model.eval()
         try:
@@ -95,7 +101,7 @@ class TransformersEngine:
         return (end, True) if end is not None else (len(ids), False)
 
 
-@ENGINES.register("transformers")
+@ENGINES.register("transformers", traits=EngineTraits(loads_from_disk=False))
 def _transformers(inputs: EngineInputs) -> TransformersEngine:
     hp = inputs.hyperparameters
     return TransformersEngine(inputs.model, inputs.tokenizer, hp.generation_batch_size, inputs.extra.get("autocast"))
