@@ -56,10 +56,10 @@ class TrainLoop:
     def __init__(self, ctx: RunContext, model: torch.nn.Module, hp: Any,
                  loss_fn: Callable[[torch.nn.Module, list[int]], MicroBatchLoss] | None,
                  save_extra: Callable[[Path], None], dataset_size: int | None = None,
-                 total_steps: int | None = None, parameter_groups: list[dict] | None = None):
+                 total_steps: int | None = None, parameter_groups: list[dict] | None = None, order=None):
         self.ctx, self.hp, self.loss_fn, self.save_extra = ctx, hp, loss_fn, save_extra
-        self.order = None
-        if dataset_size is not None:
+        self.order = order  # a StreamOrder for streamed data
+        if order is None and dataset_size is not None:
             self.order = DataOrder(dataset_size, hp.batch_size, hp.gradient_accumulation_steps, hp.seed)
         total = total_steps or hp.max_steps or hp.epochs * self.order.steps_per_epoch()
         self.engine = make_engine(model, hp, total, parameter_groups)
