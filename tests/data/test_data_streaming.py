@@ -101,3 +101,9 @@ def test_a_streamed_sft_stage_trains_and_needs_max_steps(stage_run, tmp_path):
     stage["hyperparameters"].pop("maxSteps")
     code, result = stage_run(stage, tmp_path / "store2")
     assert code == EXIT_CONFIG and "set hyperparameters.maxSteps" in result["message"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"}) + "\n")
+    dpo = {"name": "dpo", "type": "preference", "datasets": {"train": {"uri": f"file://{pairs}", "streaming": True}},
+           "hyperparameters": {"maxSteps": 2}}
+    code, result = stage_run(dpo, tmp_path / "store3")
+    assert code == EXIT_CONFIG and "streaming is supported for sft data" in result["message"]
