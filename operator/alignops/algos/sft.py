@@ -32,7 +32,8 @@ def masked_lm_loss(
         logits: (B, T, V).
         labels: (B, T) with ``ignore_index`` on positions that carry no loss.
         weights: optional (B,) per-example weights (C-RLFT, arXiv:2309.11235: each data
-            source's class reward, e.g. 1.0 for expert data and 0.1 for sub-optimal data). The
+            source's class reward, e.g. 1.0 for expert data and 0.1 for sub-optimal data), or
+            (B, T) per-token weights aligned with ``labels`` (packed rows of several examples). The
             loss becomes ``sum_{b,t} w_b * nll_{b,t} / num_tokens``: weights scale an example's
             contribution and are NOT renormalised (the C-RLFT objective is E[w * log pi]), so
             all-ones weights give exactly the unweighted loss.
@@ -47,9 +48,12 @@ def masked_lm_loss(
     token_logps, mask = next_token_logprobs(logits, labels, ignore_index)
     nll = -token_logps  # already 0 where mask is False
     if weights is not None:
-        if weights.shape != (labels.shape[0],):
-            raise ValueError(f"weights must have shape ({labels.shape[0]},), got {tuple(weights.shape)}")
-        nll = nll * weights.to(nll.dtype).unsqueeze(-1)
+        if weights.shape == labels.shape:  # per token (packed rows hold several examples)
+            nll = nll * weights[:, 1:].to(nll.dtype)
+        elif weights.shape == (labels.shape[0],):
+            nll = nll * weights.to(nll.dtype).unsqueeze(-1)
+        else:
+            raise ValueError(f"weights must have shape ({labels.shape[0]},) or {tuple(labels.shape)}, got {tuple(weights.shape)}")
     if num_tokens is None:
         num_tokens = mask.sum()
     denom = torch.as_tensor(num_tokens, dtype=nll.dtype, device=nll.device).clamp(min=1)

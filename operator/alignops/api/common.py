@@ -107,24 +107,79 @@ class StageRef(ApiModel):
 DatasetFormat = Literal["sft", "pairs", "rankings", "prompts", "unpaired"]
 
 
-class DatasetSource(ApiModel):
-    """JSON lines from storage, or the built-in generator of the demo task."""
+class DatasetFields(ApiModel):
+    """A dataset's own column names for the names the stages read (TRL's): set only those that differ."""
 
-    uri: str | None = Field(None, max_length=1024, pattern=URI_PATTERN, description="Storage URI of a JSON-lines file.")
+    prompt: str | None = Field(None, max_length=128, description="Column of the prompt (text or messages).")
+    completion: str | None = Field(None, max_length=128, description="Column of the completion (text or messages).")
+    chosen: str | None = Field(None, max_length=128, description="Column of the preferred response.")
+    rejected: str | None = Field(None, max_length=128, description="Column of the dispreferred response.")
+    label: str | None = Field(None, max_length=128, description="Column of the desirable/undesirable label (unpaired data).")
+    messages: str | None = Field(None, max_length=128, description="Column of a conversation ({role, content} list).")
+    text: str | None = Field(None, max_length=128, description="Column of plain text (language modelling, all tokens learnt).")
+    responses: str | None = Field(None, max_length=128, description="Column of a ranking's responses.")
+    ranking: str | None = Field(None, max_length=128, description="Column of a ranking's order (indices, best first).")
+    scores: str | None = Field(None, max_length=128, description="Column of a ranking's per-response scores.")
+    margin: str | None = Field(None, max_length=128, description="Column of a pair's Bradley-Terry margin.")
+    answer: str | None = Field(None, max_length=128, description="Column of a prompt's verifiable answer (rl).")
+    source: str | None = Field(None, max_length=128, description="Column of a record's data source (C-RLFT conditionWeights).")
+
+    def renames(self) -> dict[str, str]:
+        """{dataset column: name the stage reads} for the names that are set."""
+        return {column: name for name, column in self.model_dump().items() if column is not None and column != name}
+
+
+HUB_REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+
+
+class DatasetSource(ApiModel):
+    """Records from storage (JSON lines, JSON, Parquet, CSV, Arrow, or a directory of them), from the
+    Hugging Face Hub, or from the built-in generator of the demo task. TRL's standard and
+    conversational formats are read as they are; ``fields`` maps other column names."""
+
+    uri: str | None = Field(
+        None, max_length=1024, pattern=URI_PATTERN,
+        description="Storage URI of a .jsonl, .json, .parquet, .csv or .arrow file, or of a directory of such shards "
+                    "(a dataset repository's layout and README configs are honoured).",
+    )
+    hub: str | None = Field(
+        None, max_length=192, pattern=HUB_REPO_PATTERN,
+        description="A Hugging Face Hub dataset, ORG/NAME (token from HF_TOKEN; offline, HF_HUB_OFFLINE=1 reads the cache).",
+    )
     generator: Literal["arithmetic"] | None = Field(
         None, description="Built-in generator: `arithmetic` makes the verifiable demo task (sums of small numbers)."
     )
+    split: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Split of a Hub dataset or a dataset directory (default `train`).",
+    )
+    subset: str | None = Field(None, max_length=128, description="Configuration (subset) of a Hub dataset or a dataset directory.")
+    revision: str | None = Field(None, max_length=128, description="Branch, tag or commit of a Hub dataset (default `main`).")
+    fields: DatasetFields | None = Field(
+        None, description="Column names of this dataset for the names the stage reads, e.g. {prompt: question, chosen: good}.",
+    )
+    streaming: bool = Field(
+        False, description="Read and tokenise the data as training goes, in bounded memory (files larger than memory); "
+                           "needs hyperparameters.maxSteps.",
+    )
     size: int = Field(2000, ge=1, le=1_000_000, description="Examples to generate (generator only).")
-    seed: int = Field(1, ge=0, le=2**31 - 1, description="Generator seed; the held-out split always uses its own seed.")
+    seed: int = Field(
+        1, ge=0, le=2**31 - 1,
+        description="Generator seed (its held-out split always uses its own); for other data, the seed of the held-out split carved from train.",
+    )
     max_operand: int = Field(99, ge=1, le=9999, description="Largest operand of the arithmetic task (generator only).")
     format: DatasetFormat | None = Field(
-        None, description="Record format; defaults to what the stage type reads (sft, pairs, rankings, prompts, unpaired)."
+        None, description="Record format (sft, pairs, rankings, prompts, unpaired); inferred from the columns when not given.",
     )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DatasetSource":
-        if (self.uri is None) == (self.generator is None):
-            raise ValueError("set exactly one of uri or generator")
+        if sum(x is not None for x in (self.uri, self.hub, self.generator)) != 1:
+            raise ValueError("set exactly one of uri, hub or generator")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision applies to hub datasets only")
+        if self.generator is not None and (self.streaming or self.split or self.subset or self.fields):
+            raise ValueError("streaming, split, subset and fields apply to uri or hub datasets, not to a generator")
         return self
 
 
@@ -134,7 +189,11 @@ class Datasets(ApiModel):
     train: DatasetSource = Field(..., description="Training records.")
     eval: DatasetSource | None = Field(
         None,
-        description="Held-out records; for a generator, defaults to its held-out split (disjoint from every training set).",
+        description="Held-out records; for a generator, defaults to its held-out split (disjoint from every training set); "
+                    "for other data, to a seeded split carved from train (see holdOut).",
+    )
+    hold_out: bool = Field(
+        True, description="Without eval, carve min(evalSize, 10%) of the training records out as held-out data (not generators).",
     )
 
 

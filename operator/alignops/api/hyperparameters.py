@@ -59,6 +59,11 @@ class SftHyperparameters(OptimizerSettings, CheckpointSettings):
         max_length=64,
         description="OpenChat C-RLFT: loss weight per data source (the record's `source` field); sources also get a condition token.",
     )
+    packing: bool = Field(
+        False,
+        description="Pack examples into rows of maxLength tokens (no attention across examples: positions restart per "
+                    "example); batchSize then counts rows. The loss stays the token mean of the step's response tokens.",
+    )
 
 
 class RewardHyperparameters(OptimizerSettings, CheckpointSettings):

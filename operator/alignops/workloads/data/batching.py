@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from alignops.algos import IGNORE_INDEX
-from alignops.workloads.data.sft import SftExample
+from alignops.workloads.data.sft import SftExample, prompt_ids
 
 
 def pad_batch(sequences: list[list[int]], pad_value: int) -> list[list[int]]:
@@ -22,6 +22,5 @@ def sft_batch(examples: list[SftExample], pad_token_id: int, device) -> tuple[to
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
-    """A prompt's ids as generation sees them: bos (where the tokenizer has one) + the text."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + tokenizer(text, add_special_tokens=False).input_ids
+    """A prompt's ids as generation sees them, as training saw them (``sft.prompt_ids``)."""
+    return prompt_ids(tokenizer, text)

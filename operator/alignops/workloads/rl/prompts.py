@@ -1,36 +1,30 @@
-"""The rl stage's prompts: training prompts (``prompt`` or chat ``messages``, and ``answer`` for the
-verifiers), the held-out prompts with answers, and which prompts each round reads."""
+"""The rl stage's prompts: training prompts (``prompt`` as text or a conversation, or chat
+``messages``, and ``answer`` for the verifiers; any format with a prompt will do), the held-out
+prompts with answers, and which prompts each round reads."""
 
 from __future__ import annotations
 
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import ConfigError, RunContext
-from alignops.workloads.data.records import DatasetError, load_records
-from alignops.workloads.data.sft import text_field
-from alignops.workloads.data.held_out import held_out_source
+from alignops.workloads.data.chat import Chat
+from alignops.workloads.data.held_out import held_out_records
+from alignops.workloads.data.training import training_data
+from alignops.workloads.data.views import prompt_item
 from alignops.workloads.training.order import epoch_permutation
-
-
-def prompt_text(record: dict, tokenizer) -> str:
-    """A prompt record's text: ``prompt``, or chat ``messages`` through the tokenizer's template."""
-    if "prompt" in record:
-        return text_field(record, "prompt")
-    if "messages" in record:
-        return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
-    raise DatasetError(f"a prompt record needs `prompt` or `messages`; got keys {sorted(record)}")
 
 
 def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[list[dict], list[dict]]:
     """(training prompts, held-out prompts with answers): records ``{"prompt", "answer"}``."""
     if ctx.config.datasets is None:
         raise ConfigError("datasets.train is required for an rl stage (records with `prompt`, and `answer` for verifiers)")
-    options = ctx.storage_options
-    records = load_records(ctx.config.datasets.train, "prompts", options=options)
-    train = records.each(lambda r: {"prompt": prompt_text(r, tokenizer), "answer": r.get("answer")})
-    source, verifiable = held_out_source(ctx, hp.eval_size)
-    held = load_records(source, "prompts", held_out=verifiable, options=options) if source is not None else []
-    held = [{"prompt": prompt_text(r, tokenizer), "answer": str(r["answer"])} for r in held if r.get("answer") is not None]
-    return train, held
+    data = training_data(ctx, "prompts", tokenizer, hp.max_prompt_length, hp.eval_size, "prompts")
+    records, _ = held_out_records(ctx, hp.eval_size, "prompts", data.carved)
+    chat = Chat(tokenizer)
+    try:
+        held = [item for item in (records.each(lambda r: prompt_item(r, chat)) if records else []) if item["answer"] is not None]
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"held-out data: {exc}") from None
+    return data.items, held
 
 
 def round_prompts(prompts: list[dict], hp: RlHyperparameters, round_: int) -> list[dict]:

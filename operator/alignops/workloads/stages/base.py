@@ -4,7 +4,7 @@ hooks, so a new stage is one module that fills them in and one entry in ``STAGES
 
 ``run``: ``check`` the configuration (refuse at once what can never run), seed, ``load_inputs``
 (the starting model: the stage's own last checkpoint on resume, else its input), ``build_dataset``
-and ``build_held_out``, ``evaluate`` before training (kept in the checkpoint by ``StageRecord`` so a
+(through ``training_data``: read, tokenised, cached between attempts) and ``build_held_out``, ``evaluate`` before training (kept in the checkpoint by ``StageRecord`` so a
 resumed run reports the same figures), train with the one ``TrainLoop`` on ``loss``, evaluate
 after, and report.
 """
@@ -18,10 +18,12 @@ from pydantic import BaseModel, ValidationError
 
 from alignops.contract import StageResult
 from alignops.workloads.context import ConfigError, RunContext
-from alignops.workloads.data.records import load_records
+from alignops.workloads.data.tokenized import TrainingData
+from alignops.workloads.data.training import training_data
 from alignops.workloads.models.policy import Starting, starting_policy
 from alignops.workloads.stages.record import StageRecord
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
+from alignops.workloads.training.order import StreamOrder
 
 
 def parse_hyperparameters(model_cls: type[BaseModel], ctx: RunContext):
@@ -81,16 +83,33 @@ class Stage:
         """Called once the loop knows its data order, before the first step."""
 
     def extra_metrics(self) -> dict[str, float]:
-        return {}
+        """Figures the stage adds to its result: by default the examples dropped for length."""
+        dropped = self.data.dropped_examples if self.data is not None else 0
+        return {"droppedExamples": dropped} if dropped else {}
 
     # -- the template -----------------------------------------------------------------------------
-    def training_records(self, default_format: str) -> list[dict]:
-        return load_records(self.ctx.config.datasets.train, default_format, options=self.ctx.storage_options)
+    data: TrainingData | None = None
+
+    def training_data(self, view: str, default_format: str, reward: bool = False) -> TrainingData:
+        """The tokenised training data as ``view`` reads it (``alignops.workloads.data.views``)."""
+        hp = self.hp
+        self.data = training_data(self.ctx, view, self.tokenizer, hp.max_length, hp.eval_size, default_format, reward,
+                                  seed=hp.seed, step_items=hp.batch_size * hp.gradient_accumulation_steps)
+        return self.data
+
+    def data_order(self) -> StreamOrder | None:
+        """Streamed data is read in order; other data in the loop's seeded ``DataOrder``."""
+        if self.data is None or not self.data.streamed:
+            return None
+        return StreamOrder(self.hp.batch_size, self.hp.gradient_accumulation_steps)
 
     def run(self) -> StageResult:
         self.check()
-        if self.ctx.config.datasets is None:
+        datasets = self.ctx.config.datasets
+        if datasets is None:
             raise ConfigError(f"datasets.train is required for a {self.ctx.config.type} stage")
+        if datasets.train.streaming and getattr(self.hp, "max_steps", None) is None:
+            raise ConfigError("datasets.train.streaming: a stream has no length; set hyperparameters.maxSteps")
         torch.manual_seed(self.hp.seed)  # before loading: a new head's initialisation draws from it
         self.start = self.load_inputs()
         self.model, self.tokenizer = self.start.model, self.start.tokenizer
@@ -101,7 +120,7 @@ class Stage:
             raise ConfigError(f"training data: {exc}") from None
         self.build_held_out()
         record = StageRecord(self.ctx, self.start, self.evaluate_before)
-        loop = record.loop(self.start, self.hp, size, self.loss, self.loss_units)
+        loop = record.loop(self.start, self.hp, size, self.loss, self.loss_units, order=self.data_order())
         self.model = loop.model  # the engine's handle: forward passes go through it
         self.before_training(loop)
         final = loop.run()

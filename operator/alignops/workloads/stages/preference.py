@@ -34,9 +34,7 @@ from alignops.algos import (
 )
 from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
-from alignops.workloads.data.comparisons import to_comparisons, to_pairs, to_unpaired
 from alignops.workloads.data.held_out import load_held_out_pairs
-from alignops.workloads.data.sft import tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
 from alignops.workloads.models.policy import Starting, initial_model, starting_policy
 from alignops.workloads.models.reference import ReferenceLogps, freeze
@@ -106,20 +104,18 @@ class PreferenceStage(Stage):
         return freeze(initial_model(self.ctx, inputs.reference or inputs.policy).model)
 
     def build_dataset(self) -> int:
-        hp, tokenizer = self.hp, self.tokenizer
         if self.traits.paired:
-            pairs = to_pairs(to_comparisons(self.training_records("pairs")))
-            self.items = [[tokenize_response(p.prompt, r, tokenizer, hp.max_length) for r in p.responses] for p in pairs]
+            self.items = self.training_data("pairs", "pairs").items
         else:
-            self.unpaired = to_unpaired(self.training_records("unpaired"))
-            self.items = [[tokenize_response(u.prompt, u.completion, tokenizer, hp.max_length)] for u in self.unpaired]
-        if not self.items:
+            self.items = self.training_data("unpaired", "unpaired").items
+        if not len(self.items):
             raise ConfigError("the training data holds no comparisons")
         self.cache = ReferenceLogps(self.reference, self.items, self.pad, self.ctx.world) if self.reference is not None else None
         return len(self.items)
 
     def build_held_out(self) -> None:
-        self.held, self.verifiable = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length)
+        self.held, self.verifiable = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length,
+                                                         self.data.carved)
         self.held_ref: tuple[SequenceScores, SequenceScores] | None = None
 
     def implicit_rewards(self, chosen: SequenceScores, rejected: SequenceScores):
@@ -163,9 +159,9 @@ class PreferenceStage(Stage):
         return self.pair_loss(model, indices) if self.traits.paired else self.unpaired_loss(model, indices)
 
     def pair_loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        items = self.items
+        pairs = [self.items[i] for i in indices]
         # chosen and rejected in one forward pass (TRL's concatenated forward)
-        scores = sequence_logps(model, [items[i][0] for i in indices] + [items[i][1] for i in indices], self.pad)
+        scores = sequence_logps(model, [p[0] for p in pairs] + [p[1] for p in pairs], self.pad)
         b = len(indices)
         ref = self.cache.get(indices) if self.cache is not None else None
         inputs = PreferenceInputs(
@@ -179,23 +175,23 @@ class PreferenceStage(Stage):
         return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
 
     def unpaired_loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        unpaired, cache, world = self.unpaired, self.cache, self.ctx.world
-        scores = sequence_logps(model, [self.items[i][0] for i in indices], self.pad)
+        items, cache, world = self.items, self.cache, self.ctx.world
+        scores = sequence_logps(model, [items[i][0] for i in indices], self.pad)
         # KTO's reference point: completions shifted by one within the whole micro-batch (TRL), no
         # gradient; each process scores its share's mismatched pairs and the mean is global
         whole = self.loop.micro_batch if world.distributed else indices
         positions = range(world.rank, len(whole), world.size) if world.distributed else range(len(whole))
-        mismatched = [tokenize_response(unpaired[whole[j]].prompt, unpaired[whole[(j + 1) % len(whole)]].completion,
-                                        self.tokenizer, self.hp.max_length) for j in positions]
+        mismatched = [items.mismatched(whole[j], whole[(j + 1) % len(whole)]) for j in positions]
         with torch.no_grad():
             policy_kl = sequence_logps(model, mismatched, self.pad).logp_sum
         ref_kl = cache.score(mismatched).logp_sum.to(policy_kl.device)
         if world.distributed:  # the mean over every process's pairs, then the clamp (as TRL does)
-            total = world.sum(torch.stack([(policy_kl - ref_kl).sum().double(), torch.tensor(float(len(policy_kl)), dtype=torch.float64, device=policy_kl.device)]))
+            count = torch.tensor(float(len(policy_kl)), dtype=torch.float64, device=policy_kl.device)
+            total = world.sum(torch.stack([(policy_kl - ref_kl).sum().double(), count]))
             kl_ref = (total[0] / total[1]).clamp(min=0).float().detach()
         else:
             kl_ref = kto_reference_point(policy_kl, ref_kl)
-        desirable = torch.tensor([unpaired[i].desirable for i in indices], device=scores.logp_sum.device)
+        desirable = torch.tensor([items.row(i)["label"] for i in indices], device=scores.logp_sum.device)
         out = self.loss_of(KTOInputs(scores.logp_sum, cache.get(indices)[:, 0], desirable, kl_ref), self.options)
         metrics = {**batch_metrics(out), "kl_ref": float(kl_ref)}
         return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
@@ -209,7 +205,10 @@ class PreferenceStage(Stage):
             self.cache.follow(loop.order.epoch_order(0), self.hp.batch_size * self.hp.gradient_accumulation_steps)
 
     def extra_metrics(self) -> dict[str, float]:
-        return {"referenceSequencesScored": self.cache.computed_sequences} if self.cache is not None else {}
+        metrics = super().extra_metrics()
+        if self.cache is not None:
+            metrics["referenceSequencesScored"] = self.cache.computed_sequences
+        return metrics
 
 
 STAGE = PreferenceStage

@@ -16,9 +16,7 @@ import torch
 from alignops.algos import RANKING_LOSSES, UnknownNameError, best_response_index
 from alignops.api.hyperparameters import RankHyperparameters
 from alignops.workloads.context import ConfigError
-from alignops.workloads.data.comparisons import to_comparisons
 from alignops.workloads.data.held_out import load_held_out_pairs
-from alignops.workloads.data.sft import tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics
 from alignops.workloads.models.scoring import sequence_logps
 from alignops.workloads.stages.base import Stage
@@ -36,13 +34,12 @@ class RankStage(Stage):
             raise ConfigError(str(exc)) from None
 
     def build_dataset(self) -> int:
-        self.train = to_comparisons(self.training_records("rankings"))
-        self.sequences = [[tokenize_response(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
-                          for c in self.train]
-        return len(self.train)
+        self.sequences = self.training_data("comparisons", "rankings").items
+        return len(self.sequences)
 
     def build_held_out(self) -> None:
-        self.held, self.verifiable = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length)
+        self.held, self.verifiable = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length,
+                                                         self.data.carved)
 
     def evaluate(self, model) -> dict[str, float]:
         if self.held is None:
@@ -53,14 +50,15 @@ class RankStage(Stage):
         return metrics
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        counts = [len(self.sequences[i]) for i in indices]
-        scores = sequence_logps(model, [e for i in indices for e in self.sequences[i]], self.pad)
+        items = [self.sequences[i] for i in indices]
+        counts = [len(item) for item in items]
+        scores = sequence_logps(model, [e for item in items for e in item], self.pad)
         width = max(counts)
         device = scores.logp_sum.device
         mask = torch.tensor([[k < n for k in range(width)] for n in counts], device=device)
         # (B, K) per-token mean log-probs and rewards; padded slots are masked
         p = torch.zeros(mask.shape, dtype=scores.logp_sum.dtype, device=device).masked_scatter(mask, scores.logp_mean)
-        rewards = torch.tensor([self.train[i].rewards() + [0.0] * (width - n) for i, n in zip(indices, counts)], device=device)
+        rewards = torch.tensor([self.sequences.rewards(i) + [0.0] * (width - n) for i, n in zip(indices, counts)], device=device)
         best = best_response_index(rewards, mask)
         best_nll = -p.gather(1, best.unsqueeze(1)).squeeze(1)
         losses = self.loss_of(p, rewards, mask, best_nll, rank_weight=self.hp.rank_weight)

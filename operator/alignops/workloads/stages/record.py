@@ -32,14 +32,15 @@ class StageRecord:
             self._first_loss = next((r["loss"] for r in self.ctx.metrics.history if "loss" in r), None)
         return self._first_loss
 
-    def loop(self, start: Starting, hp, dataset_size: int, loss_fn, units_fn=None) -> TrainLoop:
+    def loop(self, start: Starting, hp, dataset_size: int | None, loss_fn, units_fn=None, order=None) -> TrainLoop:
         """The stage's TrainLoop: every checkpoint carries the tokenizer and this record, and a
         resumed run continues from the stage's last committed checkpoint."""
         def save_extra(directory: Path) -> None:
             start.tokenizer.save_pretrained(str(directory))
             self.save(directory)
 
-        loop = TrainLoop(self.ctx, start.model, hp, loss_fn, save_extra, dataset_size=dataset_size, units_fn=units_fn)
+        loop = TrainLoop(self.ctx, start.model, hp, loss_fn, save_extra, dataset_size=dataset_size, units_fn=units_fn,
+                         order=order)
         if start.resume is not None:
             loop.restore(start.directory, start.resume)
         return loop

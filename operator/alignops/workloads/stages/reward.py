@@ -22,9 +22,7 @@ from alignops.algos import REWARD_LOSSES, UnknownNameError
 from alignops.api.common import Architecture
 from alignops.api.hyperparameters import RewardHyperparameters
 from alignops.workloads.context import ConfigError
-from alignops.workloads.data.comparisons import Comparison, to_comparisons
 from alignops.workloads.data.held_out import load_held_out_pairs
-from alignops.workloads.data.sft import reward_example
 from alignops.workloads.evaluation.pairs import reward_pair_metrics
 from alignops.workloads.models.build import build_scalar_head_model
 from alignops.workloads.models.loading import load_reward_model
@@ -39,8 +37,8 @@ def build_reward_model(arch: Architecture, tokenizer) -> LlamaForSequenceClassif
     return build_scalar_head_model(arch, tokenizer, LlamaForSequenceClassification)
 
 
-def choose_algorithm(requested: str | None, comparisons: list[Comparison]) -> str:
-    name = requested or ("plackett_luce" if any(len(c.responses) > 2 for c in comparisons) else "bradley_terry")
+def choose_algorithm(requested: str | None, most_responses: int) -> str:
+    name = requested or ("plackett_luce" if most_responses > 2 else "bradley_terry")
     try:
         REWARD_LOSSES.get(name)
     except UnknownNameError as exc:
@@ -57,15 +55,13 @@ class RewardStage(Stage):
         return start
 
     def build_dataset(self) -> int:
-        self.train = to_comparisons(self.training_records("pairs"))
-        self.algorithm = choose_algorithm(self.ctx.config.algorithm, self.train)  # the data decides by default
+        self.sequences = self.training_data("comparisons", "pairs", reward=True).items
+        self.algorithm = choose_algorithm(self.ctx.config.algorithm, self.sequences.width())  # the data decides by default
         self.loss_of = REWARD_LOSSES.get(self.algorithm)
-        self.sequences = [[reward_example(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
-                          for c in self.train]
-        return len(self.train)
+        return len(self.sequences)
 
     def build_held_out(self) -> None:
-        self.held, _ = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length)
+        self.held, _ = load_held_out_pairs(self.ctx, self.hp.eval_size, self.tokenizer, self.hp.max_length, self.data.carved)
 
     def evaluate(self, model) -> dict[str, float]:
         return reward_pair_metrics(model, self.held, self.pad)
@@ -77,9 +73,10 @@ class RewardStage(Stage):
         return sum(len(self.sequences[i]) * (len(self.sequences[i]) - 1) / 2 for i in indices)
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        hp, train = self.hp, self.train
-        counts = [len(self.sequences[i]) for i in indices]
-        flat = [example for i in indices for example in self.sequences[i]]
+        hp = self.hp
+        items = [self.sequences[i] for i in indices]
+        counts = [len(item) for item in items]
+        flat = [example for item in items for example in item]
         scores = reward_scores(model, flat, self.pad)
         width = max(counts)
         # (B, K) scores best first; rows with fewer responses are masked
@@ -92,8 +89,8 @@ class RewardStage(Stage):
         if REWARD_LOSSES.traits(self.algorithm).whole_rankings:
             loss = self.loss_of(table, mask).mean()
         else:
-            margins = torch.tensor([train[i].margin if train[i].margin is not None else hp.reward_margin for i in indices],
-                                   dtype=scores.dtype, device=scores.device)
+            given = [self.sequences.row(i)["margin"] for i in indices]
+            margins = torch.tensor([m if m is not None else hp.reward_margin for m in given], dtype=scores.dtype, device=scores.device)
             margin = margins.view(-1, 1, 1).expand(-1, width, width)[pair_mask]
             loss = self.loss_of(better, worse, margin).mean()
         gap = (better - worse).detach()

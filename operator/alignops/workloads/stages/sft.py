@@ -1,68 +1,53 @@
 """The SFT stage: next-token cross-entropy on response tokens only (prompt tokens masked), with
 OpenChat's C-RLFT condition weights per data source (``conditionWeights``).
 
+The loss of an optimiser step is the token mean over the response tokens of the whole step, on every
+process (``loss_units`` counts them; the loop weights each micro-batch's token mean by its share),
+so an example's tokens weigh the same whatever micro-batch or process it lands in, packed or not. With ``packing`` the items
+are rows of examples packed to maxLength (``alignops.workloads.data.packing``).
+
 Held-out figures: ``evalLoss`` (response-token cross-entropy) and, on the demo task, ``accuracy``
 (greedy answers right)."""
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-from alignops.algos import IGNORE_INDEX
 from alignops.algos.sft import masked_lm_loss
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.batching import sft_batch
-from alignops.workloads.data.held_out import held_out_source
-from alignops.workloads.data.records import DatasetError, load_records
-from alignops.workloads.data.sft import SftExample, tokenize_sft
+from alignops.workloads.data.held_out import held_out_records
+from alignops.workloads.data.packing import pack_bfd, packed_batch, packed_logits
+from alignops.workloads.data.sft import tokenize_sft
 from alignops.workloads.evaluation.generation import greedy_accuracy, sft_eval_loss
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss
 
 
-DROPPED_WARNING_SHARE = 0.1
-
-
-def learnable_examples(examples: list[SftExample], source: str, max_length: int) -> list[SftExample]:
-    """The examples with something to learn. A dataset with nothing (every prompt fills maxLength,
-    or every completion is empty) is a configuration error, not a run that trains on loss 0; a
-    large share dropped is a warning."""
-    kept = [e for e in examples if e.learns]
-    if not kept:
-        raise DatasetError(f"{source}: no example has a response token within maxLength {max_length} "
-                           "(every prompt is as long or longer); raise hyperparameters.maxLength")
-    if all(e.empty_response for e in kept):
-        raise DatasetError(f"{source}: every completion is empty; nothing to learn but end-of-sequence "
-                           "(check the `completion` field or the assistant turns)")
-    dropped = len(examples) - len(kept)
-    if dropped > DROPPED_WARNING_SHARE * len(examples):
-        print(f"warning: {source}: {dropped} of {len(examples)} examples have no response token within "
-              f"maxLength {max_length} and are skipped; raise hyperparameters.maxLength to keep them", file=sys.stderr)
-    return kept
-
-
 class SftStage(Stage):
     hyperparameters = SftHyperparameters
 
-    def build_dataset(self) -> int:
-        records = self.training_records("sft")
-        examples = records.each(lambda r: tokenize_sft(r, self.tokenizer, self.hp.max_length))
-        self.train = learnable_examples(examples, records.source, self.hp.max_length)
-        self.dropped = len(examples) - len(self.train)
-        # response tokens each example's loss averages over (a label predicts from the token before)
-        self.response_tokens = [sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in self.train]
-        return len(self.train)
+    def check(self) -> None:
+        if self.hp.packing and self.ctx.config.datasets is not None and self.ctx.config.datasets.train.streaming:
+            raise ConfigError("hyperparameters.packing with streamed data is not supported; drop one of them")
+
+    def build_dataset(self) -> int | None:
+        self.train = self.training_data("sft", "sft").items
+        self.rows = pack_bfd(self.train.lengths(), self.hp.max_length) if self.hp.packing else None
+        if self.data.streamed:
+            return None
+        return len(self.rows) if self.rows is not None else len(self.train)
 
     def loss_units(self, indices: list[int]) -> float:
-        return sum(self.response_tokens[i] for i in indices)
+        """Response tokens of the items (a packed row's examples): the loss is their token mean."""
+        return self.train.response_tokens([e for i in indices for e in self.examples_of(i)])
 
     def build_held_out(self) -> None:
-        source, verifiable = held_out_source(self.ctx, self.hp.eval_size)
+        source = self.ctx.config.datasets.train
+        records, verifiable = held_out_records(self.ctx, self.hp.eval_size, "sft", self.data.carved,
+                                               generated_format=source.format)
         try:
-            records = load_records(source, "sft", held_out=verifiable, options=self.ctx.storage_options) if source else []
             self.eval_examples = records.each(lambda r: tokenize_sft(r, self.tokenizer, self.hp.max_length)) if records else []
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"held-out data: {exc}") from None
@@ -76,19 +61,34 @@ class SftStage(Stage):
             metrics["accuracy"] = greedy_accuracy(model, self.tokenizer, self.prompt_records)
         return metrics
 
-    def loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        examples = [self.train[i] for i in indices]
-        input_ids, labels, attention = sft_batch(examples, self.pad, next(model.parameters()).device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        weights = self.hp.condition_weights
-        example_weights = None
-        if weights:
-            example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
-        loss = masked_lm_loss(logits.float(), labels, example_weights)
-        return MicroBatchLoss(loss=loss, tokens=int(attention.sum()))
+    def examples_of(self, index: int) -> list[int]:
+        """The examples of training item ``index`` (a packed row's, or the example itself)."""
+        return self.rows[index] if self.rows is not None else [index]
 
-    def extra_metrics(self) -> dict[str, float]:
-        return {"droppedExamples": self.dropped} if self.dropped else {}
+    def loss(self, model, indices: list[int]) -> MicroBatchLoss:
+        device = next(model.parameters()).device
+        weights = self.hp.condition_weights
+        if self.rows is None:
+            examples = self.train.take(indices)
+            input_ids, labels, attention = sft_batch(examples, self.pad, device)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            tokens = int(attention.sum())
+            example_weights = None
+            if weights:
+                example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=device)
+        else:
+            rows = [self.train.take(self.rows[i]) for i in indices]
+            input_ids, labels, positions = packed_batch(rows, self.pad, device)
+            logits = packed_logits(model, input_ids, positions)
+            tokens = sum(len(e.input_ids) for row in rows for e in row)
+            example_weights = None
+            if weights:  # per token: each example's weight over its span of the row
+                example_weights = torch.tensor([[weights.get(e.source or "", 1.0) for e in row for _ in e.input_ids]
+                                                + [1.0] * (input_ids.shape[1] - sum(len(e.input_ids) for e in row))
+                                                for row in rows], device=device)
+        # the token mean of these items; the loop weights it by their share of the step's tokens
+        loss = masked_lm_loss(logits.float(), labels, example_weights)
+        return MicroBatchLoss(loss=loss, tokens=tokens)
 
 
 STAGE = SftStage

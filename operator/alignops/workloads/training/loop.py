@@ -78,15 +78,15 @@ class TrainLoop:
                  loss_fn: Callable[[torch.nn.Module, list[int]], MicroBatchLoss] | None,
                  save_extra: Callable[[Path], None], dataset_size: int | None = None,
                  total_steps: int | None = None, extra_trainables: Sequence[Trainable] = (),
-                 units_fn: Callable[[list[int]], float] | None = None):
+                 units_fn: Callable[[list[int]], float] | None = None, order=None):
         self.ctx, self.hp, self.loss_fn, self.save_extra = ctx, hp, loss_fn, save_extra
         self.world = ctx.world
         self.units_fn = units_fn or len
-        self.order = None
-        if dataset_size is not None:
-            if hp.batch_size % self.world.size:
-                raise ConfigError(f"hyperparameters.batchSize {hp.batch_size} must be a multiple of the stage's "
-                                  f"{self.world.size} processes (resources.gpus)")
+        self.order = order  # a StreamOrder for streamed data
+        if hp.batch_size % self.world.size and (order is not None or dataset_size is not None):
+            raise ConfigError(f"hyperparameters.batchSize {hp.batch_size} must be a multiple of the stage's "
+                              f"{self.world.size} processes (resources.gpus)")
+        if order is None and dataset_size is not None:
             self.order = DataOrder(dataset_size, hp.batch_size, hp.gradient_accumulation_steps, hp.seed)
         total = total_steps or hp.max_steps or hp.epochs * self.order.steps_per_epoch()
         self.engine = make_engine([Trainable(model), *extra_trainables], hp, total, self.world, ctx.config.distributed)

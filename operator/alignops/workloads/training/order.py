@@ -1,6 +1,7 @@
 """The data order of a trained stage: a pure function of (seed, epoch), so resuming at optimiser
 step k needs only k. Step k reads examples ``order[k*B*A : (k+1)*B*A]`` of the epoch-wise
-permutations (B the micro-batch, A the gradient accumulation steps)."""
+permutations (B the micro-batch, A the gradient accumulation steps); streamed data is read in the
+stream's own order (``StreamOrder``)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,19 @@ class DataOrder:
 
     def steps_per_epoch(self) -> int:
         return max(1, self.size // (self.batch_size * self.accumulation))
+
+
+class StreamOrder:
+    """Streamed data (``streaming: true``): positions in the order the stream gives them (it
+    shuffles itself), step k's micro-batch m reading ``[(k*A + m)*B, (k*A + m + 1)*B)``. A stream
+    has no length, so the stage trains for ``maxSteps``."""
+
+    def __init__(self, batch_size: int, accumulation: int):
+        self.batch_size, self.accumulation = batch_size, accumulation
+
+    def micro_batch(self, step: int, micro: int) -> list[int]:
+        start = (step * self.accumulation + micro) * self.batch_size
+        return list(range(start, start + self.batch_size))
+
+    def steps_per_epoch(self) -> int:
+        raise ValueError("streamed data has no length: set hyperparameters.maxSteps")
