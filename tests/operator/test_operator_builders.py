@@ -115,6 +115,30 @@ def test_result_scratch_shm_and_storage_wiring(settings, quickstart):
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
 
+def test_a_stage_on_eight_gpus_gets_them_its_processes_and_room_for_nccl(settings, quickstart):
+    quickstart["spec"]["stages"][0]["resources"] = {"gpus": 8}
+    quickstart["spec"]["stages"][0]["distributed"] = {"zeroStage": 3, "offloadOptimizer": True}
+    job = _job(quickstart)
+    config = _config(job, "sft")
+    pod = build_stage_job(job, config, settings)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    # 8 GPUs x 4 GiB of /dev/shm beats the 2Gi default (NCCL's intra-node buffers live there)
+    assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    # the pod's one entrypoint launches the 8 workers: the resolved config says how many and how
+    run = StageRunConfig.from_json(build_run_configmap(job, config)["data"]["config.json"]).distributed
+    assert (run.processes_per_node, run.nodes, run.zero_stage, run.offload_optimizer, run.world_size) == (8, 1, 3, True, 8)
+    assert container["command"] == ["python", "-m", "alignops.workloads", "/etc/alignops/run/config.json"]
+    # one GPU: 4Gi, one process without ZeRO (plain PyTorch); no GPU: the configured 2Gi
+    del quickstart["spec"]["stages"][0]["distributed"]
+    for gpus, size in ((1, "4Gi"), (0, "2Gi")):
+        quickstart["spec"]["stages"][0]["resources"] = {"gpus": gpus}
+        job = _job(quickstart)
+        pod = build_stage_job(job, _config(job, "sft"), settings)["spec"]["template"]["spec"]
+        assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"] == size
+        assert _config(job, "sft").distributed.zero_stage is None and _config(job, "sft").distributed.world_size == 1
+
+
 def test_security_context_is_restricted(settings, quickstart):
     job = _job(quickstart)
     pod = build_stage_job(job, _config(job, "sft"), settings)["spec"]["template"]["spec"]

@@ -133,12 +133,29 @@ def _resources(job: AlignmentJob, config: StageRunConfig, settings: OperatorSett
     return {"requests": amounts, "limits": limits}
 
 
+QUANTITY_FACTORS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "E": 10**18,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Ei": 2**60, "m": 10**-3}
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes quantity (``2Gi``, ``500M``) in bytes."""
+    number = quantity.rstrip("kMGTEimi")
+    return float(number) * QUANTITY_FACTORS[quantity[len(number):]]
+
+
+def shm_size(gpus: int, settings: OperatorSettings) -> str:
+    """The size limit of a stage pod's /dev/shm: shmSize, or shmGibPerGpu for each GPU when more
+    (a memory-backed volume's pages count against the pod's memory only as they are used)."""
+    per_gpu = gpus * settings.shm_gib_per_gpu
+    return f"{per_gpu}Gi" if per_gpu * 2**30 > quantity_bytes(settings.shm_size) else settings.shm_size
+
+
 def _volumes(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, configmap: str) -> tuple[list[Obj], list[Obj]]:
     scratch: Obj = {"sizeLimit": settings.scratch_size} if settings.scratch_size else {}
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": configmap, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},
         {"name": "scratch", "emptyDir": scratch},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(job.stage(config.stage).resources.gpus, settings)}},
     ]
     mounts: list[Obj] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

@@ -35,6 +35,10 @@ class OperatorSettings(BaseSettings):
     default_cpu: str = Field("2", pattern=QUANTITY_PATTERN, description="CPU request and limit of stages that set none.")
     default_memory: str = Field("8Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit of stages that set none.")
     shm_size: str = Field("2Gi", pattern=QUANTITY_PATTERN, description="Size limit of the memory-backed /dev/shm of stage pods.")
+    shm_gib_per_gpu: int = Field(
+        4, ge=0, le=1024,
+        description="GiB of /dev/shm per GPU a stage asks for, when more than shmSize: NCCL's intra-node buffers and the workers' shared tensors live there.",
+    )
     scratch_size: str | None = Field(
         None, pattern=QUANTITY_PATTERN, description="Size limit of the writable scratch volume (checkpoints are staged there); none: unlimited."
     )

@@ -65,6 +65,14 @@ class World:
         total = self.sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
         return dict(zip(keys, total.tolist()))
 
+    def max_float(self, value: float) -> float:
+        """The largest ``value`` over every process."""
+        if not self.distributed:
+            return value
+        values = torch.tensor([float(value)], dtype=torch.float64).to(self._device())
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+        return float(values.item())
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any process: how every rank agrees to stop at the same step."""
         if not self.distributed:

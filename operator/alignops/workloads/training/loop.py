@@ -18,6 +18,7 @@ over processes; only the main process logs and commits.
 
 from __future__ import annotations
 
+import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ class StepOutput:
     tokens: int
     metrics: dict[str, Any]
     grad_norms: list[float]
+
+
+def peak_memory_bytes() -> float:
+    """This process's peak memory: GPU memory held by tensors, else the CPU resident set."""
+    if torch.cuda.is_available():
+        return float(torch.cuda.max_memory_allocated())
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
 
 
 def to_floats(values: dict[str, Any]) -> dict[str, float]:
@@ -206,7 +214,8 @@ class TrainLoop:
                 self.ctx.metrics.log({
                     "step": state.step, "total_steps": state.total_steps, "round": state.round,
                     "lr": self.engine.learning_rate(), "step_time": time.perf_counter() - started,
-                    "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0, **figures,
+                    "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
+                    "memory_peak_bytes": self.world.max_float(peak_memory_bytes()), **figures,
                 })
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
