@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from alignops.api import parse_job
-from alignops.api.common import DatasetSource
 from alignops.planner import Defaults, initial_status, resolve_run
-from alignops.workloads.data.records import load_records
+from alignops.demo import generate
 from alignops.workloads.data.sft import tokenize_sft
 from alignops.workloads.evaluation.generation import sft_eval_loss
 
@@ -153,8 +152,8 @@ def test_a_sharded_run_commits_one_hugging_face_model(runs):
     ours = AutoModelForCausalLM.from_pretrained(str(directory))
     # exactly the weights the run ended with: their held-out loss is the one the run reported
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    source = DatasetSource.model_validate({"generator": "arithmetic", "size": COMMON["evalSize"], "seed": 1})
-    held_out = [tokenize_sft(r, tokenizer, COMMON["maxLength"]) for r in load_records(source, "sft", held_out=True)]
+    records = generate("sft", COMMON["evalSize"], 1, held_out=True)  # the stage's held-out split
+    held_out = [tokenize_sft(r, tokenizer, COMMON["maxLength"]) for r in records]
     assert sft_eval_loss(ours, held_out, tokenizer.pad_token_id) == pytest.approx(sharded.result["metrics"]["evalLossAfter"], rel=1e-5)
     # and the weights one process trains, up to the float order of 100 Adam steps (each moves a
     # weight by about the learning rate, 0.003; a missing or misplaced shard would be off by ~0.1)
