@@ -3,9 +3,9 @@ and data on one process without DeepSpeed (the anchor) and on N processes under 
 offloads), side by side: the largest peak memory of any process, the run's step time, and the loss
 at the last step (the same at every setting: the same global batch and data order).
 
-On the CPU (gloo) the memory is each process's resident set, libraries included (~0.6 GB of
-torch, transformers and DeepSpeed): compare the differences between rows, which are the training
-state. On a GPU it is the GPU memory held by tensors.
+On the CPU (gloo) the memory is each process's resident set at the last step, libraries included
+(~0.6 GB of torch, transformers and DeepSpeed): compare the differences between rows, which are the
+training state. On a GPU it is the peak GPU memory held by tensors during the last steps.
 
     python benchmarks/zero_memory.py                      # 2 processes, a 33M-parameter llama, CPU
     python benchmarks/zero_memory.py --hidden 1024 --layers 16 --processes 4
@@ -72,11 +72,11 @@ def main() -> None:
             rows.append([label, str(processes), "failed", "-", "-", "-"])
             continue
         last = records[-1]
-        peak = last["memory_peak_bytes"] / 2**30
+        peak = last.get("gpu_memory_step_peak_bytes", last["memory_resident_bytes"]) / 2**30
         anchor = anchor or peak
         rows.append([label, str(processes), f"{peak:.2f}", f"{peak / anchor:.2f}", f"{1000 * last['step_time']:.0f}",
                      fmt(last["loss"])])
-    print_aligned(("setting", "processes", "peak GiB/process", "vs one", "step ms", "last loss"), rows)
+    print_aligned(("setting", "processes", "GiB/process", "vs one", "step ms", "last loss"), rows)
 
 
 if __name__ == "__main__":

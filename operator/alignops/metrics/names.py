@@ -67,6 +67,9 @@ STAGE_RECORD_METRICS: dict[str, Metric] = {
     "grad_norm": _stage("grad_norm", "Gradient norm before clipping, latest step."),
     "tokens_per_second": _stage("tokens_per_second", "Training tokens per second since the previous log."),
     "step_time": _stage("step_seconds", "Wall time of the latest optimizer step, seconds."),
+    "memory_resident_bytes": _stage("memory_resident_bytes", "Largest resident memory of the run's processes at the latest log, bytes."),
+    "gpu_memory_step_peak_bytes": _stage("gpu_memory_step_peak_bytes",
+                                         "Largest GPU memory held by tensors on any process since the previous log, bytes."),
     "accuracy": _stage("accuracy", "Held-out accuracy (verifiable tasks), 0..1."),
     "eval_loss": _stage("eval_loss", "Held-out loss."),
     # RL rounds (docs/algorithms.md, the rl stage's logged figures)

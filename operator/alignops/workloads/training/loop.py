@@ -18,7 +18,7 @@ over processes; only the main process logs and commits.
 
 from __future__ import annotations
 
-import resource
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -64,11 +64,23 @@ class StepOutput:
     grad_norms: list[float]
 
 
-def peak_memory_bytes() -> float:
-    """This process's peak memory: GPU memory held by tensors, else the CPU resident set."""
+def memory_figures(world) -> dict[str, float]:
+    """The largest memory of any process at this log step: its resident set, and on a GPU the peak
+    held by tensors since the last log step (the training state plus a window's activations)."""
+    figures = {"memory_resident_bytes": world.max_float(resident_set_bytes())}
     if torch.cuda.is_available():
-        return float(torch.cuda.max_memory_allocated())
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
+        figures["gpu_memory_step_peak_bytes"] = world.max_float(float(torch.cuda.max_memory_allocated()))
+        torch.cuda.reset_peak_memory_stats()
+    return figures
+
+
+def resident_set_bytes() -> float:
+    """This process's resident memory now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def to_floats(values: dict[str, Any]) -> dict[str, float]:
@@ -215,7 +227,7 @@ class TrainLoop:
                     "step": state.step, "total_steps": state.total_steps, "round": state.round,
                     "lr": self.engine.learning_rate(), "step_time": time.perf_counter() - started,
                     "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
-                    "memory_peak_bytes": self.world.max_float(peak_memory_bytes()), **figures,
+                    **memory_figures(self.world), **figures,
                 })
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
