@@ -422,6 +422,11 @@ def test_pod_monitor_selects_stage_pods(rendered):
     assert monitor["spec"]["selector"] == {"matchExpressions": [{"key": "alignops.io/job", "operator": "Exists"}]}
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # of a run across nodes only index 0's pod serves metrics (rank 0): a pod without the completion
+    # index (a run on one node) or with index 0 is kept, every other index dropped
+    (keep,) = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert keep["action"] == "keep" and keep["sourceLabels"] == ["__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index"]
+    assert [v for v in ("", "0", "1", "10") if re.fullmatch(keep["regex"], v)] == ["", "0"]
     monitor = one(rendered["namespaced-monitoring"], "PodMonitor")
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
 
