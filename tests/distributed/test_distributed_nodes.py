@@ -78,18 +78,20 @@ class Node:
 def test_rendezvous_comes_from_torchruns_variables():
     config = _config(2)
     rdzv = rendezvous_of(config, _node_env(1, 29400, timeout=30))
-    assert (rdzv.addr, rdzv.port, rdzv.node_rank, rdzv.nodes, rdzv.timeout) == ("127.0.0.1", 29400, 1, 2, 30)
+    assert (rdzv.addr, rdzv.port, rdzv.node_rank, rdzv.nodes, rdzv.processes, rdzv.timeout) == ("127.0.0.1", 29400, 1, 2, 1, 30)
     single = rendezvous_of(_config(1, gpus=2), {})  # one node: this host and a free port
-    assert single.addr == "127.0.0.1" and single.node_rank == 0 and single.port > 0 and single.timeout == 900
+    assert (single.addr, single.node_rank, single.nodes, single.processes, single.timeout) == ("127.0.0.1", 0, 1, 2, 900)
+    # `alignops run` of a stage across nodes (no PET_* variables): every node's processes here
+    local = rendezvous_of(_config(2, gpus=2), {})
+    assert (local.nodes, local.processes) == (1, 4) and local.port > 0
 
 
 @pytest.mark.parametrize("env, words", [
-    ({}, "a run on 2 nodes needs PET_MASTER_ADDR"),
     (_node_env(0, 29400, nodes=3), "PET_NNODES=3, but the run's config has 2 node(s)"),
     (_node_env(2, 29400), "PET_NODE_RANK=2 is not a node of a run on 2 node(s) (0..1)"),
     ({**_node_env(0, 29400), "PET_MASTER_PORT": "twenty"}, "PET_MASTER_PORT='twenty' is not an integer"),
     (_node_env(0, 29400, timeout=0), "ALIGNOPS_RENDEZVOUS_TIMEOUT=0"),
-], ids=["no-master", "node-count", "rank", "port", "timeout"])
+], ids=["node-count", "rank", "port", "timeout"])
 def test_contradicting_rendezvous_variables_are_a_configuration_error(env, words):
     with pytest.raises(BadRendezvous, match=words.replace("(", r"\(").replace(")", r"\)").replace("$", r"\$")):
         rendezvous_of(_config(2), env)

@@ -312,7 +312,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class Resources(ApiModel):
-    """What one stage run asks of the cluster. Ignored by `alignops run` except gpus and nodes."""
+    """What one stage run asks of the cluster. `alignops run` reads gpus and nodes only: it starts
+    gpus x nodes processes on one machine (the same global ranks, so the same numbers)."""
 
     cpu: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="CPU request and limit, e.g. `8` or `500m`.")
     memory: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. `64Gi`.")

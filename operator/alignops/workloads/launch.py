@@ -4,7 +4,8 @@ than one process (``resources.gpus`` > 1, or ``resources.nodes`` > 1) becomes an
 uses), one per GPU, or gloo workers on the CPU. The node count is fixed per run: a static rendezvous
 at ``PET_MASTER_ADDR:PET_MASTER_PORT`` (torchrun's own variables, set by the operator on each pod of
 a run across nodes; this node's rank from ``PET_NODE_RANK``), or a free port on 127.0.0.1 for one
-node.
+node. Without those variables (``alignops run``) a run across nodes starts every node's processes
+on this machine: the same global ranks, so the same numbers.
 
 Across nodes, node 0's agent serves the rendezvous store and waits for the others; every other node
 first waits for that port to accept connections (a pod's DNS name can resolve seconds before its
@@ -67,12 +68,13 @@ class BadRendezvous(ValueError):
 
 @dataclass(frozen=True)
 class Rendezvous:
-    """Where this run's nodes meet, and which node this is."""
+    """Where this run's nodes meet, which node this is, and how many processes it starts."""
 
     addr: str
     port: int
     node_rank: int
     nodes: int
+    processes: int  # on this node
     timeout: float  # seconds, from the agent's start
 
     @property
@@ -106,25 +108,24 @@ def _int_env(env: dict[str, str] | os._Environ, name: str, default: int) -> int:
 
 
 def rendezvous_of(config: StageRunConfig, env: dict[str, str] | os._Environ = os.environ) -> Rendezvous:
-    """The rendezvous from torchrun's ``PET_*`` variables, else (one node only) 127.0.0.1 and a free
-    port. Raises BadRendezvous when they contradict the config (a node count or rank that cannot be)."""
-    nodes = config.distributed.nodes
+    """The rendezvous from torchrun's ``PET_*`` variables; without them this machine alone (127.0.0.1
+    and a free port) runs every node's processes. Raises BadRendezvous when they contradict the
+    config (a node count or rank that cannot be)."""
+    run = config.distributed
+    nodes = run.nodes
     timeout = _int_env(env, RENDEZVOUS_TIMEOUT_ENV, DEFAULT_RENDEZVOUS_TIMEOUT)
     if timeout <= 0:
         raise BadRendezvous(f"{RENDEZVOUS_TIMEOUT_ENV}={timeout}: give the nodes a positive number of seconds to meet")
     addr = env.get(MASTER_ADDR_ENV)
     if not addr:
-        if nodes > 1:
-            raise BadRendezvous(f"a run on {nodes} nodes needs {MASTER_ADDR_ENV}, {MASTER_PORT_ENV} and {NODE_RANK_ENV} "
-                                "(the operator sets them on each pod)")
-        return Rendezvous("127.0.0.1", free_port(), 0, 1, timeout)
+        return Rendezvous("127.0.0.1", free_port(), 0, 1, run.world_size, timeout)
     declared = _int_env(env, NODES_ENV, nodes)
     if declared != nodes:
         raise BadRendezvous(f"{NODES_ENV}={declared}, but the run's config has {nodes} node(s)")
     rank = _int_env(env, NODE_RANK_ENV, 0)
     if not 0 <= rank < nodes:
         raise BadRendezvous(f"{NODE_RANK_ENV}={rank} is not a node of a run on {nodes} node(s) (0..{nodes - 1})")
-    return Rendezvous(addr, _int_env(env, MASTER_PORT_ENV, 29500), rank, nodes, timeout)
+    return Rendezvous(addr, _int_env(env, MASTER_PORT_ENV, 29500), rank, nodes, run.processes_per_node, timeout)
 
 
 def wait_for_port(addr: str, port: int, deadline: float, clock: Callable[[], float] = time.monotonic,
@@ -184,13 +185,14 @@ def _launch(config_path: str, config: StageRunConfig, rdzv: Rendezvous, deadline
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("ALIGNOPS_CPU_THREADS", "1"))
     print(f"launching {run.world_size} processes ({run.nodes} node(s) x {run.processes_per_node}, "
           f"ZeRO stage {run.zero_stage}) for stage {config.stage}"
-          + (f"; {where}, timeout {rdzv.timeout:.0f} s" if rdzv.nodes > 1 else ""), file=sys.stderr, flush=True)
+          + (f"; {where}, timeout {rdzv.timeout:.0f} s" if rdzv.nodes > 1 else "")
+          + ("; every node's processes on this machine" if rdzv.nodes < run.nodes else ""), file=sys.stderr, flush=True)
     try:
         if rdzv.node_rank > 0:
             wait_for_port(rdzv.addr, rdzv.port, deadline)
         launch_config = LaunchConfig(
-            min_nodes=run.nodes, max_nodes=run.nodes, nproc_per_node=run.processes_per_node,
-            run_id=_run_id(config, run.nodes), rdzv_backend="static", rdzv_endpoint=rdzv.endpoint,
+            min_nodes=rdzv.nodes, max_nodes=rdzv.nodes, nproc_per_node=rdzv.processes,
+            run_id=_run_id(config, rdzv.nodes), rdzv_backend="static", rdzv_endpoint=rdzv.endpoint,
             # what is left of the deadline: the store's wait for every node (node 0) or its connect
             rdzv_configs={"rank": rdzv.node_rank, "timeout": max(1, int(deadline - time.monotonic()))},
             max_restarts=0,  # a failed attempt is the planner's to retry, from the last commit
