@@ -40,7 +40,8 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _time(value: str | None) -> datetime | None:
+def moment(value: str | None) -> datetime | None:
+    """An API time stamp (RFC 3339) as a datetime; None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -273,7 +274,7 @@ def pod_problem(pod: PodView) -> tuple[str, str] | None:
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:
-    a, b = _time(start), _time(end)
+    a, b = moment(start), moment(end)
     if a is None or b is None:
         return None
     return max(0.0, (b - a).total_seconds())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 from pydantic import ValidationError
@@ -44,6 +45,7 @@ from alignops.operator.observe import (
     JobView,
     PodView,
     gang_outcome,
+    moment,
     newest_per_index,
     pod_outcome,
     pod_problem,
@@ -358,7 +360,7 @@ class RunView:
     def alive(self) -> list[PodView]:
         return [p for p in self.pods.values() if p.alive]
 
-    @property
+    @cached_property
     def outcome(self) -> RunOutcome | None:
         """How the run ended as far as its pods show (None: not yet)."""
         if not self.across_nodes:
@@ -378,7 +380,7 @@ class RunView:
     @property
     def node_failed(self) -> bool:
         """Across nodes: a pod failed while others still run (they are being stopped)."""
-        return self.across_nodes and self.outcome is not None and bool(self.alive)
+        return self.across_nodes and self.outcome is not None and self.outcome.exit_code != 0 and bool(self.alive)
 
 
 @dataclass
@@ -457,8 +459,8 @@ def _node_failed(run: CurrentRun, seen: RunView) -> RunOutcome | None:
     first pod's end; then the outcome is recorded, and a Job the Job controller has not failed
     itself (which stops the other pods) is deleted."""
     outcome = seen.outcome
-    ended = [p.terminated.finished_at for p in seen.pods.values() if p.finished and p.terminated and p.terminated.finished_at]
-    first_end = min((parse_time(t) for t in ended), default=run.now)
+    ended = [moment(p.terminated.finished_at) for p in seen.pods.values() if p.finished and p.terminated]
+    first_end = min((t for t in ended if t is not None), default=run.now)
     settle = run.settings.stage_grace_seconds if outcome.exit_code == EXIT_SIGTERM else GANG_SETTLE_SECONDS
     left = (first_end + timedelta(seconds=settle) - run.now).total_seconds()
     if left > 0:

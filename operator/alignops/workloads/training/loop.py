@@ -92,7 +92,7 @@ class TrainLoop:
         if dataset_size is not None:
             if hp.batch_size % self.world.size:
                 raise ConfigError(f"hyperparameters.batchSize {hp.batch_size} must be a multiple of the stage's "
-                                  f"{self.world.size} processes (resources.gpus)")
+                                  f"{self.world.size} processes (resources.gpus x resources.nodes)")
             self.order = DataOrder(dataset_size, hp.batch_size, hp.gradient_accumulation_steps, hp.seed)
         total = total_steps or hp.max_steps or hp.epochs * self.order.steps_per_epoch()
         self.engine = make_engine([Trainable(model), *extra_trainables], hp, total, self.world, ctx.config.distributed)
