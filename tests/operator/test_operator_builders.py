@@ -354,3 +354,15 @@ def test_a_split_rl_stage_across_nodes_trains_across_nodes_and_rolls_out_on_one(
     assert build_stage_job(split, rollout, settings)["spec"]["completions"] == 1
     assert build_stage_job(split, train, settings)["spec"]["completions"] == 2
     assert build_run_service(split, train, settings)["metadata"]["name"] == "split-rl-a2-r1-train"
+
+
+def test_kueue_admits_a_run_across_nodes_whole(settings):
+    """With a queue label the Indexed Job is created suspended: Kueue admits its parallelism (every
+    node's pod) as one workload, so no pod starts before all of them fit."""
+    manifest = job_manifest("gang", [stage_manifest("sft", "sft", resources={"nodes": 4, "gpus": 8}, hyperparameters={"batchSize": 32})])
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    job = _job(manifest)
+    built = build_stage_job(job, _config(job, "sft"), settings)
+    assert built["spec"]["suspend"] is True and built["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert (built["spec"]["parallelism"], built["spec"]["completions"]) == (4, 4)
+    assert build_run_service(job, _config(job, "sft"), settings)["spec"]["clusterIP"] == "None"
