@@ -9,7 +9,11 @@ on, in one place (docs/architecture.md, "The run contract").
   committing a checkpoint (resume, not a failed attempt).
 - It writes its ``StageResult`` (at most ``RESULT_LIMIT`` bytes of JSON) to the path in
   ``RESULT_PATH_ENV``: on a cluster the container's termination-message path, so the operator reads
-  it from the pod status and never needs storage credentials.
+  it from the pod status and never needs storage credentials. A failed run may name why in the
+  result's ``reason`` (one of ``RUN_REASONS``): the executor reports it as the attempt's reason.
+- A run on several nodes (one pod each) meets at a static rendezvous named by torchrun's own
+  variables (``NODES_ENV`` ... ``MASTER_PORT_ENV``); ``RENDEZVOUS_TIMEOUT_ENV`` bounds the wait
+  for every node, after which the run fails with ``REASON_RENDEZVOUS_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,19 @@ EXIT_SIGTERM = 143
 RESULT_PATH_ENV = "ALIGNOPS_RESULT_PATH"
 RESULT_LIMIT = 4096  # bytes: a Kubernetes termination message holds at most 4096
 MESSAGE_LIMIT = 1024
+
+# the rendezvous of a run across nodes: torchrun's variables, as Kubeflow Trainer sets them
+NODES_ENV = "PET_NNODES"
+PROCESSES_PER_NODE_ENV = "PET_NPROC_PER_NODE"
+NODE_RANK_ENV = "PET_NODE_RANK"
+MASTER_ADDR_ENV = "PET_MASTER_ADDR"
+MASTER_PORT_ENV = "PET_MASTER_PORT"
+RENDEZVOUS_TIMEOUT_ENV = "ALIGNOPS_RENDEZVOUS_TIMEOUT"
+DEFAULT_RENDEZVOUS_TIMEOUT = 900  # seconds
+
+# reasons a failed run may report in its result (the executor's own reasons cover the rest)
+REASON_RENDEZVOUS_TIMEOUT = "RendezvousTimeout"  # not every node joined in time: retried from the last checkpoint
+RUN_REASONS = frozenset({REASON_RENDEZVOUS_TIMEOUT})
 
 
 class _Wire(BaseModel):
@@ -103,11 +120,13 @@ class StageRunConfig(_Wire):
 
 @dataclass
 class StageResult:
-    """What a stage run reports: its final checkpoint, its metrics, and a message on failure."""
+    """What a stage run reports: its final checkpoint, its metrics, and a message on failure (with a
+    reason from ``RUN_REASONS`` where the run knows why it failed)."""
 
     checkpoint_uri: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     message: str | None = None
+    reason: str | None = None
 
     def encode(self) -> str:
         """The result JSON, cut to fit ``RESULT_LIMIT``: metrics are dropped (last first) and the
@@ -116,6 +135,8 @@ class StageResult:
                          "metrics": {k: round(float(v), 6) for k, v in self.metrics.items()}}
         if self.message:
             payload["message"] = self.message[:MESSAGE_LIMIT]
+        if self.reason:
+            payload["reason"] = self.reason
         text = json.dumps(payload, separators=(",", ":"))
         while len(text.encode()) > RESULT_LIMIT and payload["metrics"]:
             payload["metrics"].pop(next(reversed(payload["metrics"])))
@@ -128,7 +149,7 @@ class StageResult:
     @classmethod
     def decode(cls, text: str | None) -> "StageResult | None":
         """The result in ``text``; None when it holds none (a run killed before writing it). Metrics
-        that are not numbers are skipped."""
+        that are not numbers are skipped, and so is a reason not in ``RUN_REASONS``."""
         if not text:
             return None
         try:
@@ -144,4 +165,6 @@ class StageResult:
             except (TypeError, ValueError):
                 continue
         message = value.get("message")
-        return cls(value.get("checkpointUri"), metrics, str(message) if message is not None else None)
+        reason = value.get("reason")
+        return cls(value.get("checkpointUri"), metrics, str(message) if message is not None else None,
+                   reason if isinstance(reason, str) and reason in RUN_REASONS else None)

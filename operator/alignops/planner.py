@@ -198,6 +198,11 @@ def resolve_distributed(stage, role: str) -> DistributedRun:
                           offload_parameters=bool(settings and settings.offload_parameters))
 
 
+def run_gpus(stage, role: str) -> str:
+    """``<nodes>x<GPUs per node>`` of a run of ``stage`` (status and ``kubectl get aj``)."""
+    return f"{1 if role == 'rollout' else stage.resources.nodes}x{stage.resources.gpus}"
+
+
 def retry_failed(status: JobStatus) -> JobStatus:
     """A Failed job made to try its failed stage again (from its last checkpoint): the stage's failure
     count starts over. Used by ``alignops run --retry-failed`` and the operator's retry annotation."""
@@ -241,11 +246,14 @@ def mark_started(job: AlignmentJob, status: JobStatus, stage_name: str, now: dat
     observed.retry_after = None
     observed.job_name = job_name
     observed.start_time = observed.start_time or rfc3339(now)
-    position = split_position(job.stage(stage_name), observed)
+    stage = job.stage(stage_name)
+    position = split_position(stage, observed)
     if position is not None:
         observed.round, observed.role = position
+    observed.gpus = run_gpus(stage, observed.role or "all")
     status.phase = "Running"
     status.current_stage = stage_name
+    status.current_gpus = observed.gpus
     status.start_time = status.start_time or rfc3339(now)
     status.observed_generation = job.metadata.generation
     set_condition(status, "Progressing", True, "StageRunning", f"stage {stage_name} attempt {observed.attempts} running", now, job.metadata.generation)

@@ -38,7 +38,8 @@ def test_crd_shape():
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Stage": ".status.currentStage", "Age": ".metadata.creationTimestamp"}
+    assert columns == {"Phase": ".status.phase", "Stage": ".status.currentStage", "GPUs": ".status.currentGpus",
+                       "Age": ".metadata.creationTimestamp"}
 
 
 def _walk(node, path=""):
@@ -83,6 +84,9 @@ CEL_TARGETS = {
     "fromStage names an unknown stage": "policy.fromStage must name an earlier stage",
     "reference to a stage of the wrong kind": "must name a stage that produces a policy",
     "batch not split evenly across GPUs": "batchSize must be a multiple of resources.gpus",
+    "batch not split evenly across nodes": "batchSize must be a multiple of resources.gpus x resources.nodes",
+    "GPUs requested as a device": "request nvidia.com/gpu with resources.gpus",
+    "a device that is no extended resource": "resources.devices: extended resource names",
     "offloadParameters without ZeRO-3": "offloadParameters needs distributed.zeroStage: 3",
     "invalid metadata.name": "metadata.name must be a DNS-1123 label",
 }

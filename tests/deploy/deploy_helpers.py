@@ -29,7 +29,11 @@ COMBINATIONS: dict[str, dict] = {
     "no-crds": {"crds": {"install": False}},
     "configured": {"storage": {"defaultUri": "s3://bucket/alignops", "defaultEndpoint": "http://minio.minio:9000",
                                "defaultSecret": "s3-credentials"},
-                   "stages": {"serviceAccount": "trainer", "scratchSize": "50Gi", "metricsPort": 0}, "image": {"digest": "sha256:" + "a" * 64},
+                   "stages": {"serviceAccount": "trainer", "scratchSize": "50Gi", "metricsPort": 0,
+                              "multiNode": {"rendezvousPort": 29400, "rendezvousTimeoutSeconds": 600,
+                                            "networkEnv": {"NCCL_SOCKET_IFNAME": "eth0", "FI_PROVIDER": "efa"},
+                                            "networkDevices": {"vpc.amazonaws.com/efa": 4}}},
+                   "image": {"digest": "sha256:" + "a" * 64},
                    "crds": {"keep": False}, "networkPolicy": {"enabled": False},
                    "operator": {"extraEnv": {"KOPF_LOG_LEVEL": "debug"}}},
 }

@@ -151,6 +151,7 @@ def test_configuration_is_what_the_operator_reads(rendered, monkeypatch):
     assert settings.rollout_image == "ghcr.io/alignops/rollout:0.1.0"
     settings = _operator_settings_from([d for d in by_kind(rendered["default"], "ConfigMap") if "ALIGNOPS_HEALTH_PORT" in d.get("data", {})][0], monkeypatch)
     assert settings.namespace_list == [] and settings.default_storage_uri is None and settings.stage_metrics_port == 9090
+    assert settings.network_env == {} and settings.network_devices == {} and settings.rendezvous_timeout_seconds == 900
 
 
 def test_the_chart_sets_every_operator_setting(rendered):
@@ -171,6 +172,10 @@ def test_configured_values_reach_the_operator(rendered, monkeypatch):
     assert settings.standalone is True  # one replica, no peering
     assert (settings.default_cpu, settings.default_memory, settings.shm_size) == ("2", "8Gi", "2Gi")
     assert (settings.stage_grace_seconds, settings.resync_seconds, settings.api_workers, settings.verbose) == (120, 30.0, 16, False)
+    # runs across nodes: the rendezvous and the cluster network (JSON maps in the ConfigMap)
+    assert (settings.rendezvous_port, settings.rendezvous_timeout_seconds) == (29400, 600)
+    assert settings.network_env == {"NCCL_SOCKET_IFNAME": "eth0", "FI_PROVIDER": "efa"}
+    assert settings.network_devices == {"vpc.amazonaws.com/efa": 4}
 
 
 def test_extra_env_reaches_the_container(rendered):
@@ -188,6 +193,7 @@ EXPECTED_RULES = {
     ("batch", "jobs"): {"create", "delete", "list", "watch"},
     ("", "pods"): {"list", "watch"},
     ("", "configmaps"): {"create", "delete"},
+    ("", "services"): {"create", "delete"},  # the headless Service of a run across nodes
     ("", "events"): {"create"},
 }
 
@@ -347,6 +353,9 @@ BAD_VALUES = [
     {"resources": {"limits": {"cpu": "lots"}}},
     {"podLabels": {"team": 3}},
     {"tolerations": [{"key": "gpu", "operator": "Maybe"}]},
+    {"stages": {"multiNode": {"networkEnv": {"PET_MASTER_ADDR": "elsewhere"}}}},
+    {"stages": {"multiNode": {"networkDevices": {"nvidia.com/gpu": 8}}}},
+    {"stages": {"multiNode": {"networkDevices": {"efa": 1}}}},
 ]
 
 
@@ -413,6 +422,11 @@ def test_pod_monitor_selects_stage_pods(rendered):
     assert monitor["spec"]["selector"] == {"matchExpressions": [{"key": "alignops.io/job", "operator": "Exists"}]}
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # of a run across nodes only index 0's pod serves metrics (rank 0): a pod without the completion
+    # index (a run on one node) or with index 0 is kept, every other index dropped
+    (keep,) = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert keep["action"] == "keep" and keep["sourceLabels"] == ["__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index"]
+    assert [v for v in ("", "0", "1", "10") if re.fullmatch(keep["regex"], v)] == ["", "0"]
     monitor = one(rendered["namespaced-monitoring"], "PodMonitor")
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
 

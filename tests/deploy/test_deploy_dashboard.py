@@ -21,6 +21,7 @@ def test_required_panels_and_their_series():
         "Reward per round": "alignops_stage_reward_mean", "Accuracy per round": "alignops_stage_accuracy",
         "KL to reference": "alignops_stage_kl", "Loss": "alignops_stage_loss", "Throughput": "tokens_per_second",
         "Log-prob gap (rollout vs trainer)": "alignops_stage_logprob_gap",
+        "Step time per rank": "alignops_stage_rank_step_seconds",
     }
     for title, series in required.items():
         assert series in by_title[title], title

@@ -88,6 +88,18 @@ def test_record_keys_become_the_table_gauges(server):
     assert info == {labels("3", type="rl", algorithm="grpo", role="all", attempt="2"): 1.0}
 
 
+def test_per_rank_step_times_become_one_series_per_rank(server):
+    """A run on 4 processes logs each one's step time by global rank: one gauge per rank (a number
+    that is not finite is skipped), never an unlisted gauge of the key itself."""
+    srv = server()
+    srv.observe({"step": 10, "rank_step_time": [0.25, 0.5, float("nan"), 0.75]})
+    families = scrape(srv.port)
+    assert families["alignops_stage_rank_step_seconds"] == {labels(rank="0"): 0.25, labels(rank="1"): 0.5, labels(rank="3"): 0.75}
+    assert "alignops_stage_rank_step_time" not in families
+    srv.observe({"step": 20, "rank_step_time": [0.3, 2.0, 0.3, 0.3]})  # rank 1 lags: its series shows it
+    assert scrape(srv.port)["alignops_stage_rank_step_seconds"][labels(rank="1")] == 2.0
+
+
 def test_no_reserved_label_and_every_series_prefixed(server):
     srv = server()
     srv.observe({"step": 1, "loss": 2.0, "custom_metric": 3})
@@ -222,7 +234,8 @@ def test_dashboard_queries_use_only_table_names():
 
 
 def test_table_names_are_unique_and_valid():
-    metrics = list(names.STAGE_RECORD_METRICS.values()) + list(names.STAGE_OWN_METRICS) + list(names.OPERATOR_METRICS)
+    metrics = (list(names.STAGE_RECORD_METRICS.values()) + list(names.STAGE_RANK_RECORD_METRICS.values())
+               + list(names.STAGE_OWN_METRICS) + list(names.OPERATOR_METRICS))
     assert len({m.name for m in metrics}) == len(metrics)
     for metric in metrics:
         assert re.fullmatch(r"alignops_[a-z][a-z0-9_]*", metric.name), metric.name

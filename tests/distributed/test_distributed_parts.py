@@ -12,7 +12,7 @@ import torch
 from alignops.api import parse_job
 from alignops.planner import Defaults, initial_status, resolve_run
 from alignops.workloads.distributed import SINGLE
-from alignops.workloads.launch import exit_code_of, rendezvous_endpoint
+from alignops.workloads.launch import exit_code_of
 from alignops.workloads.training.optimizer_state import OptimizerStateReader, write_optimizer_state
 
 
@@ -56,16 +56,6 @@ def test_a_split_rollout_run_samples_in_one_process():
 ])
 def test_the_agent_reports_its_workers_as_one_exit_code(codes, run_code):
     assert exit_code_of(codes) == run_code
-
-
-def test_rendezvous_endpoint_reads_torchruns_variables(monkeypatch):
-    monkeypatch.setenv("PET_MASTER_ADDR", "job-sft-a1-0.job-sft-a1")
-    monkeypatch.setenv("PET_MASTER_PORT", "29511")
-    monkeypatch.setenv("PET_NODE_RANK", "2")
-    assert rendezvous_endpoint() == ("job-sft-a1-0.job-sft-a1", 29511, 2)
-    monkeypatch.delenv("PET_MASTER_ADDR")
-    addr, port, rank = rendezvous_endpoint()  # one node: this host, a free port
-    assert (addr, rank) == ("127.0.0.1", 0) and 0 < port < 65536
 
 
 def test_optimizer_state_round_trips_by_name_in_shards(tmp_path):

@@ -85,6 +85,7 @@ runs each pod's first container locally (see node_agent.py for the exact semanti
 environment.  Fault injection per test, by Job name (``re.search``)::
 
     node_agent.faults.unschedulable(r'^rollout-')      # Pending, PodScheduled=False, Unschedulable
+    node_agent.faults.unschedulable(r'^rdzv-', index=1)  # only completion index 1 of an Indexed Job
     node_agent.faults.image_pull(r'^rollout-')         # Pending, ErrImagePull -> ImagePullBackOff
     node_agent.faults.oom(r'^sft-', after=1.0)         # exitCode 137, reason OOMKilled
     node_agent.faults.clear()                          # Pending pods then proceed
@@ -108,7 +109,13 @@ only for Secret/ConfigMap/Namespace (``kubectl create secret|configmap|namespace
 ``kubectl create`` commands get 415: use ``apply -f``); no authn/authz, admission, CRD schema
 validation/pruning or conversion webhooks; server-side apply is a merge without field ownership;
 the agent runs only the first container, treats ``OnFailure`` like ``Never`` (a new pod per retry),
-does not enforce resource limits and ignores ``podFailurePolicy``.
+does not enforce resource limits, and of ``podFailurePolicy`` evaluates exit-code rules and the pod
+conditions it writes itself (it never sets ``DisruptionTarget``).
+
+Indexed Jobs across "nodes" (tests/k8s/README.md): each completion index is its own pod and its own
+local process, with the hostname ``<job>-<index>``; every pod shares this machine's network, so an
+env value naming a pod by DNS (``<host>.<service>[.<ns>[.svc[.cluster.local]]]``) becomes
+``127.0.0.1`` when that Service exists, and the pods of one run must use distinct ports.
 
 kmock 0.8 gaps handled in ``ClusterEmulator`` (see /work/shared/TESTING.md)
 ------------------------------------------------------------------------

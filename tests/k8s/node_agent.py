@@ -5,9 +5,12 @@ A test-side "kubelet + Job controller + scheduler" that runs Jobs' containers as
 
 * watches ``batch/v1`` Jobs in all namespaces; for each Job that is not suspended it creates Pods
   (``<job>-<5 chars>``, the template's labels plus ``job-name`` / ``batch.kubernetes.io/job-name``,
-  an ``ownerReference`` to the Job), honouring ``parallelism``, ``completions`` (also ``Indexed``),
-  ``backoffLimit`` (a failed pod is replaced by a new one; ``restartPolicy: OnFailure`` is treated
-  like ``Never``), ``activeDeadlineSeconds`` (pods are deleted, the Job fails with
+  an ``ownerReference`` to the Job), honouring ``parallelism``, ``completions`` (also ``Indexed``:
+  each index's pod gets the completion-index label and annotation, ``JOB_COMPLETION_INDEX`` and the
+  hostname ``<job>-<index>``), ``backoffLimit`` (a failed pod is replaced by a new one;
+  ``restartPolicy: OnFailure`` is treated like ``Never``), ``podFailurePolicy`` (exit-code and
+  pod-condition rules: ``FailJob`` fails the Job at once with reason ``PodFailurePolicy``, ``Ignore``
+  does not count the pod), ``activeDeadlineSeconds`` (pods are deleted, the Job fails with
   ``DeadlineExceeded``), ``suspend`` (no pods; running pods are deleted) and
   ``ttlSecondsAfterFinished``; it writes the Job's status like the real controller does
   (``active/ready/succeeded/failed``, ``startTime``, ``completionTime``, conditions
@@ -26,6 +29,10 @@ A test-side "kubelet + Job controller + scheduler" that runs Jobs' containers as
   ``containerStatuses[0].state.terminated`` (``exitCode``, ``reason`` Completed/Error/OOMKilled,
   ``message`` = the termination message file, at most 4096 bytes, or the log tail with
   ``FallbackToLogsOnError``);
+* emulates the cluster DNS of pods with a ``subdomain``: every pod shares this machine's network, so
+  an env value that is a pod's DNS name ``<hostname>.<subdomain>[.<namespace>[.svc[.cluster.local]]]``
+  becomes ``127.0.0.1`` when a Service named ``<subdomain>`` exists in the pod's namespace (without
+  one the name stays, and does not resolve, as on a cluster); ``HOSTNAME`` is the pod's hostname;
 * on pod deletion (directly, or by the garbage collector when its Job is deleted with a cascading
   policy) sends SIGTERM to the process group, waits the grace period, then SIGKILL; writes the
   final status and completes the (graceful) deletion;
@@ -34,6 +41,7 @@ A test-side "kubelet + Job controller + scheduler" that runs Jobs' containers as
 * fault injection by job (or bare pod) name, ``re.search`` semantics::
 
       agent.faults.unschedulable(r'^train-')   # Pending, PodScheduled=False/Unschedulable
+      agent.faults.unschedulable(r'^train-', index=1)  # only index 1 of an Indexed Job
       agent.faults.image_pull(r'^rollout-')    # Pending, waiting ErrImagePull -> ImagePullBackOff
       agent.faults.oom(r'^sft-', after=0.5)    # killed, exitCode 137, reason OOMKilled
       agent.faults.clear()                     # pending pods then get scheduled / pulled
@@ -178,6 +186,7 @@ class _Fault:
     pattern: re.Pattern[str]
     message: str | None = None
     after: float = 0.0
+    index: int | None = None  # only this completion index of an Indexed Job (None: every pod)
 
 
 class Faults:
@@ -187,10 +196,11 @@ class Faults:
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
 
-    def unschedulable(self, name_regex: str, message: str | None = None) -> None:
+    def unschedulable(self, name_regex: str, message: str | None = None, index: int | None = None) -> None:
         """Pods stay Pending: condition PodScheduled=False, reason Unschedulable (message derived
-        from the pod's resource requests, e.g. ``0/1 nodes are available: 1 Insufficient nvidia.com/gpu.``)."""
-        self._add(_Fault('unschedulable', re.compile(name_regex), message))
+        from the pod's resource requests, e.g. ``0/1 nodes are available: 1 Insufficient nvidia.com/gpu.``).
+        ``index``: only that completion index's pods (one node of a run across nodes never gets one)."""
+        self._add(_Fault('unschedulable', re.compile(name_regex), message, index=index))
 
     def image_pull(self, name_regex: str, message: str | None = None) -> None:
         """Pods are scheduled but stay Pending: waiting ErrImagePull, then ImagePullBackOff."""
@@ -208,9 +218,10 @@ class Faults:
         with self._lock:
             self._faults.append(fault)
 
-    def find(self, kind: str, name: str) -> _Fault | None:
+    def find(self, kind: str, name: str, index: int | None = None) -> _Fault | None:
         with self._lock:
-            return next((f for f in self._faults if f.kind == kind and f.pattern.search(name)), None)
+            return next((f for f in self._faults if f.kind == kind and f.pattern.search(name)
+                         and (f.index is None or f.index == index)), None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,6 +274,7 @@ class JobState:
     finished: bool = False
     last_status: Obj | None = None
     next_pod_at: float = 0.0
+    failure_target: tuple[str, str] | None = None  # (reason, message) of a podFailurePolicy FailJob rule
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
 
@@ -522,6 +534,9 @@ class NodeAgent:
         if done >= completions:
             await self._finish_job(state, 'Complete', None, None)
             return
+        if state.failure_target is not None:
+            await self._finish_job(state, 'Failed', *state.failure_target)
+            return
         if state.failed > backoff_limit:
             await self._finish_job(state, 'Failed', 'BackoffLimitExceeded', 'Job has reached the specified backoff limit')
             return
@@ -623,7 +638,8 @@ class NodeAgent:
             labels['batch.kubernetes.io/job-completion-index'] = str(index)
             for c in spec.get('containers') or []:
                 c.setdefault('env', []).insert(0, {'name': 'JOB_COMPLETION_INDEX', 'value': str(index)})
-        unschedulable = self.faults.find('unschedulable', state.name)
+            spec.setdefault('hostname', f'{state.name}-{index}')  # as the Job controller names Indexed pods' hosts
+        unschedulable = self.faults.find('unschedulable', state.name, index)
         if not unschedulable:
             spec['nodeName'] = self.node_name
         pod = {
@@ -684,8 +700,28 @@ class NodeAgent:
             if run.index is not None:
                 state.succeeded_indexes.add(run.index)
         elif not (state.job.get('spec', {}).get('suspend')):
+            action, rule = self._pod_failure_action(state.job, run)
+            if action == 'Ignore':
+                return  # not counted: the index gets a new pod
             state.failed += 1
             state.next_pod_at = time.monotonic() + self.retry_delay
+            if action == 'FailJob':
+                state.failure_target = ('PodFailurePolicy', f'Container {rule} for pod {run.namespace}/{run.name} failed with '
+                                                            f'exit code {run.exit_code} matching FailJob rule')
+
+    @staticmethod
+    def _pod_failure_action(job: Obj, run: PodRun) -> tuple[str, str]:
+        """The action of the first podFailurePolicy rule a failed pod matches ('Count' when none)."""
+        conditions = {(c.get('type'), c.get('status')) for c in (run.pod.get('status') or {}).get('conditions') or []}
+        container = ((run.pod.get('spec') or {}).get('containers') or [{}])[0].get('name', '')
+        for rule in ((job.get('spec') or {}).get('podFailurePolicy') or {}).get('rules') or []:
+            codes = rule.get('onExitCodes')
+            if codes is not None and run.exit_code is not None and codes.get('containerName') in (None, container) \
+                    and ((run.exit_code in codes.get('values', [])) == (codes.get('operator') == 'In')):
+                return rule['action'], container
+            if any((c.get('type'), c.get('status', 'True')) in conditions for c in rule.get('onPodConditions') or []):
+                return rule['action'], container
+        return 'Count', container
 
     # -- the kubelet -------------------------------------------------------------------------------
 
@@ -726,7 +762,7 @@ class NodeAgent:
         now = now_rfc3339()
 
         # Scheduling.
-        fault = self.faults.find('unschedulable', owner_name)
+        fault = self.faults.find('unschedulable', owner_name, run.index)
         if fault is not None or not run.pod.get('spec', {}).get('nodeName'):
             if fault is None:  # the fault was cleared: bind the pod now
                 assert self._client is not None
@@ -933,6 +969,7 @@ class NodeAgent:
             else:
                 env[name] = ''
         env = {k: _rewrite_paths(v, mounts) for k, v in env.items()}
+        env = await self._resolve_pod_names(run, env)
 
         command = [_expand(str(a), env) for a in container.get('command') or []]
         args = [_expand(str(a), env) for a in container.get('args') or []]
@@ -951,7 +988,7 @@ class NodeAgent:
         for var in ('KUBERNETES_SERVICE_HOST', 'KUBERNETES_SERVICE_PORT', 'PYTEST_CURRENT_TEST'):
             full_env.pop(var, None)
         full_env.setdefault('PYTHONUNBUFFERED', '1')
-        full_env['HOSTNAME'] = run.name
+        full_env['HOSTNAME'] = spec.get('hostname') or run.name
         full_env.update(self.env)
         full_env.update(env)
         workdir = container.get('workingDir')
@@ -959,6 +996,19 @@ class NodeAgent:
         if not Path(cwd).is_dir():
             cwd = str(run.dir)
         return argv, full_env, cwd, message_file
+
+    async def _resolve_pod_names(self, run: PodRun, env: dict[str, str]) -> dict[str, str]:
+        """The cluster DNS of pods with a subdomain, for env values: ``<host>.<service>[.<ns>[.svc[...]]]``
+        is this machine (every pod here shares its network) when that headless Service exists."""
+        assert self._client is not None
+        pattern = re.compile(rf'[a-z0-9]([-a-z0-9]*[a-z0-9])?\.(?P<svc>[a-z]([-a-z0-9]*[a-z0-9])?)'
+                             rf'(\.{re.escape(run.namespace)}(\.svc(\.cluster\.local)?)?)?')
+        out = dict(env)
+        for key, value in env.items():
+            match = pattern.fullmatch(value)
+            if match and await self._client.get(f'/api/v1/namespaces/{run.namespace}/services/{match.group("svc")}') is not None:
+                out[key] = '127.0.0.1'
+        return out
 
     async def _materialise_volume(self, run: PodRun, vol: Obj) -> Path:
         name = vol.get('name', 'volume')

@@ -5,6 +5,7 @@ Proves the Kubernetes test harness: the emulated API server against the real kub
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
 import time
 import uuid
@@ -540,3 +541,48 @@ def test_suspended_job_waits_and_missing_secret_blocks_the_pod(k8s_namespace, no
     kubectl_ok('create', 'secret', 'generic', 'late', '--from-literal=t=1', namespace=ns)
     for job in ('later', 'needs-secret'):
         k8s_api.wait_for('batch/v1/jobs', ns, job, lambda j: condition(j, 'Complete'))
+
+
+def test_indexed_pods_find_each_other_by_dns_name_and_a_pod_failure_policy_fails_the_job(k8s_namespace, node_agent,
+                                                                                          kubectl_ok, k8s_api):
+    """Indexed pods get the hostname <job>-<index>; with a headless Service as their subdomain, index
+    0's DNS name is this machine (the emulated cluster DNS) and its port takes connections. A
+    podFailurePolicy FailJob rule fails the Job at once; an index-only fault keeps one pod Pending."""
+    ns = k8s_namespace
+    server = textwrap.dedent('''
+        import os, socket
+        print('host', os.environ['HOSTNAME'], 'master', os.environ['MASTER'], flush=True)
+        if os.environ['JOB_COMPLETION_INDEX'] == '0':
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(); s.accept()
+        else:
+            socket.create_connection((os.environ['MASTER'], int(os.environ['PORT'])), timeout=20).close()
+    ''')
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    env = [{'name': 'MASTER', 'value': 'pair-0.pair'}, {'name': 'PORT', 'value': str(port)}]
+    kubectl_ok('apply', '--validate=false', '-f', '-', namespace=ns, input=yaml.safe_dump(
+        {'apiVersion': 'v1', 'kind': 'Service', 'metadata': {'name': 'pair'},
+         'spec': {'clusterIP': 'None', 'selector': {'batch.kubernetes.io/job-name': 'pair'}}}))
+    kubectl_ok('apply', '--validate=false', '-f', '-', namespace=ns, input=job_manifest(
+        'pair', server, completionMode='Indexed', completions=2, parallelism=2,
+        pod_spec={'subdomain': 'pair', 'container': {'env': env}}))
+    job = k8s_api.wait_for('batch/v1/jobs', ns, 'pair', lambda j: condition(j, 'Complete') or condition(j, 'Failed'), timeout=30)
+    assert condition(job, 'Complete'), job['status']
+    pods = {p['metadata']['labels']['batch.kubernetes.io/job-completion-index']: p
+            for p in k8s_api.list('v1/pods', ns, label_selector='job-name=pair')}
+    assert {i: p['spec']['hostname'] for i, p in pods.items()} == {'0': 'pair-0', '1': 'pair-1'}
+    assert 'host pair-1 master 127.0.0.1' in node_agent.logs(ns, pods['1']['metadata']['name'])
+
+    # exit 1 of index 1 fails the Job at once through its podFailurePolicy; index 0 never got a node
+    node_agent.faults.unschedulable(r'^policy$', index=0)
+    kubectl_ok('apply', '--validate=false', '-f', '-', namespace=ns, input=job_manifest(
+        'policy', 'import sys; sys.exit(1)', backoff_limit=5, completionMode='Indexed', completions=2, parallelism=2,
+        podFailurePolicy={'rules': [{'action': 'FailJob', 'onExitCodes': {'containerName': 'main', 'operator': 'In', 'values': [1]}}]}))
+    failed = k8s_api.wait_for('batch/v1/jobs', ns, 'policy', lambda j: condition(j, 'Failed'), timeout=30)
+    assert condition(failed, 'Failed')['reason'] == 'PodFailurePolicy' and failed['status']['failed'] == 1
+    assert 'failed with exit code 1 matching FailJob rule' in condition(failed, 'Failed')['message']
+    # the Pending index 0 was deleted with the failed Job's other pods, never run
+    wait_until(lambda: not [r for r in node_agent.pods_of('policy', ns) if not r.deleted and r.index == 0])
+    assert all(r.process is None for r in node_agent.pods_of('policy', ns) if r.index == 0)

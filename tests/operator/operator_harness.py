@@ -70,8 +70,14 @@ def s3_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
 def pod_env() -> dict[str, str]:
     """Environment the node agent adds to every stage process: no cloud metadata lookups, offline
     Hugging Face, one thread each (the machine has two cores), per-step metrics in the pod's own
-    directory (a relative path: the agent runs each pod in its directory)."""
+    directory (a relative path: the agent runs each pod in its directory), and this machine's cache
+    of compiled torch extensions (a pod's HOME is its own scratch volume: DeepSpeed's CPU
+    communication op, which runs on more than one process, would be compiled again in every pod,
+    about 90 s each)."""
     return {
+        # torch's own default (~/.cache/torch_extensions/py<version>_cpu on these CPU machines)
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR") or str(
+            Path.home() / ".cache" / "torch_extensions" / f"py{sys.version_info.major}{sys.version_info.minor}_cpu"),
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_CONFIG_FILE": "/nonexistent/aws-config",
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",

@@ -15,9 +15,11 @@ from operator_manifests import job_manifest, stage_manifest
 
 from alignops.api.stages import STAGE_TYPES
 from alignops.api.validation import parse_job
+from alignops.operator.admission import cluster_errors
 from alignops.operator.builders import (
     RESULT_PATH,
     build_run_configmap,
+    build_run_service,
     build_stage_job,
     run_name,
 )
@@ -65,12 +67,37 @@ def _rendered(settings) -> list[tuple[str, dict, dict]]:
     return out
 
 
+NETWORK = {"network_env": {"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5"}, "network_devices": {"vpc.amazonaws.com/efa": 4}}
+
+
+def _across_nodes(nodes: int, gpus: int = 8, name: str = "big", stage_name: str = "sft", **stage) -> tuple:
+    """(job, config) of an sft stage on ``nodes`` nodes x ``gpus`` GPUs."""
+    resources = {"nodes": nodes, "gpus": gpus, **stage.pop("resources", {})}
+    job = _job(job_manifest(name, [stage_manifest("sft", stage_name, resources=resources,
+                                                  hyperparameters={"batchSize": 8 * nodes * max(gpus, 1)}, **stage)]))
+    return job, _config(job, stage_name)
+
+
+def _rendered_across_nodes(settings) -> list[dict]:
+    """The ConfigMap, Service and Job of runs on 2 and 3 nodes, with the operator's network settings."""
+    settings = settings.model_copy(update=NETWORK)
+    out = []
+    for nodes in (2, 3):
+        job, config = _across_nodes(nodes)
+        out += [build_run_configmap(job, config), build_run_service(job, config, settings), build_stage_job(job, config, settings)]
+    return out
+
+
 def test_every_stage_type_passes_strict_kubernetes_validation(settings):
     rendered = _rendered(settings)
     assert {t for t, _, _ in rendered} >= set(STAGE_TYPES)
     for kind, configmap, job in rendered:
         for obj in (configmap, job):
             kubernetes_validate.validate(obj, "1.32", strict=True)  # raises on any unknown or wrong field
+    across = _rendered_across_nodes(settings)
+    assert sorted(o["kind"] for o in across) == ["ConfigMap", "ConfigMap", "Job", "Job", "Service", "Service"]
+    for obj in across:
+        kubernetes_validate.validate(obj, "1.32", strict=True)
 
 
 def test_pod_runs_the_workload_on_the_configmap_bytes(settings, quickstart):
@@ -249,6 +276,7 @@ def test_checkov_finds_nothing_but_the_reasoned_skips(settings, tmp_path: Path):
     documents = []
     for _, configmap, job in _rendered(settings):
         documents += [configmap, job]
+    documents += _rendered_across_nodes(settings)
     manifest = tmp_path / "stages.yaml"
     manifest.write_text(yaml.safe_dump_all(documents))
     checkov = Path(sys.executable).parent / "checkov"
@@ -261,3 +289,104 @@ def test_checkov_finds_nothing_but_the_reasoned_skips(settings, tmp_path: Path):
     passed = sum(len(r["results"]["passed_checks"]) for r in reports)
     assert failed == [], f"checkov failed checks: {failed}"
     assert passed > 20 * len(documents) // 2  # the scan really ran over the Jobs
+
+
+# -- runs across nodes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_a_run_across_nodes_is_an_indexed_job_with_a_headless_service(settings, nodes):
+    job, config = _across_nodes(nodes)
+    built, service = build_stage_job(job, config, settings), build_run_service(job, config, settings)
+    name = built["metadata"]["name"]
+    assert name == service["metadata"]["name"] == run_name(config) == "big-sft-a1"
+    spec = built["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == ("Indexed", nodes, nodes, 0)
+    # any pod's exit 1 or 78 fails the whole Job at once; a disruption (preemption, drain) is not counted
+    assert spec["podFailurePolicy"] == {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [1, 78]}}]}
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == name and pod["restartPolicy"] == "Never"
+    # headless, selecting exactly this Job's pods, their names published before they are ready
+    assert service["spec"] == {"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": name}, "publishNotReadyAddresses": True,
+                               "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500, "protocol": "TCP"}]}
+    assert service["metadata"]["labels"] == built["metadata"]["labels"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["PET_NNODES"] == str(nodes) and env["PET_NPROC_PER_NODE"] == "8"
+    assert env["PET_NODE_RANK"] == {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env["PET_MASTER_ADDR"] == f"{name}-0.{name}"  # index 0's hostname in the Service's subdomain
+    assert env["PET_MASTER_PORT"] == "29500" and env["ALIGNOPS_RENDEZVOUS_TIMEOUT"] == "900"
+    assert {"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"} in container["ports"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"  # per node
+    assert json.loads(build_run_configmap(job, config)["data"]["config.json"])["distributed"]["nodes"] == nodes
+
+
+def test_a_run_on_one_node_has_no_service_and_no_rendezvous(settings, quickstart):
+    job = _job(quickstart)
+    config = _config(job, "sft")
+    built = build_stage_job(job, config, settings.model_copy(update=NETWORK))
+    assert build_run_service(job, config, settings) is None
+    assert built["spec"]["completions"] == 1 and "completionMode" not in built["spec"] and "podFailurePolicy" not in built["spec"]
+    container = built["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in container["env"] if e["name"].startswith(("PET_", "NCCL_"))]  # the network settings are for runs across nodes
+    assert "vpc.amazonaws.com/efa" not in container["resources"]["limits"]
+
+
+def test_network_settings_reach_runs_across_nodes_and_a_stage_overrides_them(settings):
+    settings = settings.model_copy(update=NETWORK)
+    job, config = _across_nodes(2)
+    container = build_stage_job(job, config, settings)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert (env["NCCL_SOCKET_IFNAME"], env["NCCL_IB_HCA"]) == ("eth0", "mlx5")
+    assert container["resources"]["limits"]["vpc.amazonaws.com/efa"] == "4"
+    # the stage's own: its env wins, its devices replace the operator's
+    job, config = _across_nodes(2, resources={"devices": {"rdma/ib": 1}, "env": [{"name": "NCCL_SOCKET_IFNAME", "value": "ib0"}]})
+    container = build_stage_job(job, config, settings)["spec"]["template"]["spec"]["containers"][0]
+    assert [e["value"] for e in container["env"] if e["name"] == "NCCL_SOCKET_IFNAME"] == ["ib0"]
+    limits = container["resources"]["limits"]
+    assert limits["rdma/ib"] == "1" and "vpc.amazonaws.com/efa" not in limits
+    kubernetes_validate.validate(build_stage_job(job, config, settings), "1.32", strict=True)
+
+
+def test_the_rendezvous_variables_are_the_operators_own(settings):
+    job, _ = _across_nodes(2, resources={"env": [{"name": "PET_MASTER_ADDR", "value": "elsewhere"}]})
+    errors = cluster_errors(job, settings)
+    assert [e.path for e in errors] == ["spec.stages[0].resources.env[0].name"]
+    assert "PET_* variables are set by the operator" in errors[0].message
+
+
+@pytest.mark.parametrize("nodes", [2, 3, 11, 64])
+def test_names_of_runs_across_nodes_leave_room_for_their_pods_hostnames(settings, nodes):
+    job_name = "j" + "x" * 62  # the longest AlignmentJob name
+    job, config = _across_nodes(nodes, gpus=1, name=job_name, stage_name="stage-name-twenty")
+    built, service = build_stage_job(job, config, settings), build_run_service(job, config, settings)
+    name = built["metadata"]["name"]
+    assert name == service["metadata"]["name"] and name[0].isalpha()  # a Service name is a DNS-1035 label
+    assert len(f"{name}-{nodes - 1}") <= 63  # the last pod's hostname, a DNS label too
+    pet = {e["name"]: e.get("value") for e in built["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert pet["PET_MASTER_ADDR"] == f"{name}-0.{name}"
+    next_attempt = build_stage_job(job, _config(job, "stage-name-twenty", attempt=2), settings)["metadata"]["name"]
+    assert next_attempt != name and len(next_attempt) == len(name)
+
+
+def test_a_split_rl_stage_across_nodes_trains_across_nodes_and_rolls_out_on_one(settings):
+    split = _job(job_manifest("split", [stage_manifest("rl", "rl", resources={"nodes": 2, "gpus": 4},
+                                                       hyperparameters={"placement": "split", "rounds": 2})]))
+    rollout, train = _config(split, "rl", 1, "rollout", 1), _config(split, "rl", 2, "train", 1)
+    assert build_run_service(split, rollout, settings) is None
+    assert build_stage_job(split, rollout, settings)["spec"]["completions"] == 1
+    assert build_stage_job(split, train, settings)["spec"]["completions"] == 2
+    assert build_run_service(split, train, settings)["metadata"]["name"] == "split-rl-a2-r1-train"
+
+
+def test_kueue_admits_a_run_across_nodes_whole(settings):
+    """With a queue label the Indexed Job is created suspended: Kueue admits its parallelism (every
+    node's pod) as one workload, so no pod starts before all of them fit."""
+    manifest = job_manifest("gang", [stage_manifest("sft", "sft", resources={"nodes": 4, "gpus": 8}, hyperparameters={"batchSize": 32})])
+    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    job = _job(manifest)
+    built = build_stage_job(job, _config(job, "sft"), settings)
+    assert built["spec"]["suspend"] is True and built["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert (built["spec"]["parallelism"], built["spec"]["completions"]) == (4, 4)
+    assert build_run_service(job, _config(job, "sft"), settings)["spec"]["clusterIP"] == "None"

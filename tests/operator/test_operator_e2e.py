@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from operator_harness import (
     s3_keys,
     start_api,
 )
-from s3_fixtures import running_moto_server
+from s3_fixtures import free_port, running_moto_server
 
 from tests.k8s.node_agent import NodeAgent
 from tests.k8s.server import run_kubectl, wait_until
@@ -79,8 +81,9 @@ class Cluster:
         return sorted(int(k[len(prefix):].split("/")[0].split("-")[1]) for k in s3_keys(self.endpoint, BUCKET, prefix)
                       if k.endswith("/manifest.json") and k[len(prefix):].startswith("checkpoint-"))
 
-    def pod_records(self, job_name: str) -> list[dict]:
-        runs = self.agent.pods_of(job_name, NS)
+    def pod_records(self, job_name: str, index: int | None = None) -> list[dict]:
+        """The metrics records of a Job's newest pod (of completion index ``index``)."""
+        runs = [r for r in self.agent.pods_of(job_name, NS) if index is None or r.index == index]
         assert runs, f"no pod of {job_name}"
         path = runs[-1].dir / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -103,6 +106,10 @@ def cluster(tmp_path_factory):
             "resync_seconds": "5",
             "stage_grace_seconds": "60",
             "default_memory": "2Gi",
+            # runs across nodes: their pods share this machine's network, so a port of their own,
+            # and a short rendezvous timeout for the test of one that never completes
+            "rendezvous_port": str(free_port()),
+            "rendezvous_timeout_seconds": "20",
         }
         cluster = Cluster(api, agent, endpoint, settings, workdir)
         cluster.start_operator()
@@ -288,3 +295,109 @@ def test_an_invalid_manifest_is_invalid_spec_naming_the_field(cluster: Cluster):
     assert cluster.jobs("typo") == []
     # fixing the manifest revives it (it would now run: remove it instead, the module is long enough)
     run_kubectl(cluster.api, "delete", "aj", "typo", "--wait=false", namespace=NS)
+
+
+# -- a stage across nodes: an Indexed Job of one pod per node, all or nothing -----------------------------
+
+def _one_node_two_processes(document: dict, workdir: Path) -> tuple[subprocess.Popen, Path]:
+    """The same stage as one pod with two processes would run it (``resources.gpus: 2`` on the CPU:
+    two gloo workers), started here as ``alignops run`` starts a stage: the baseline."""
+    from alignops.api import parse_job
+    from alignops.planner import Defaults, initial_status, resolve_run
+
+    document = json.loads(json.dumps(document))
+    document["spec"]["stages"][0]["resources"] = {"gpus": 2}
+    job = parse_job(document)
+    config = resolve_run(job, initial_status(job), "sft", 1, Defaults(storage_uri=f"file://{workdir / 'store'}"))
+    assert (config.distributed.nodes, config.distributed.processes_per_node) == (1, 2)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json())
+    env = {**os.environ, **pod_env(), "ALIGNOPS_METRICS_LOG": str(workdir / "metrics.jsonl"),
+           "ALIGNOPS_RESULT_PATH": str(workdir / "result.json"), "ALIGNOPS_SCRATCH": str(workdir)}
+    process = subprocess.Popen([sys.executable, "-m", "alignops.workloads", str(workdir / "config.json")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=open(workdir / "stderr.log", "wb"), start_new_session=True)
+    return process, workdir / "metrics.jsonl"
+
+
+def _losses(records: list[dict]) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "step" in r}
+
+
+def test_a_stage_on_two_nodes_trains_like_two_processes_on_one_and_a_killed_pod_retries_every_node(cluster: Cluster):
+    """2 nodes x 1 process (two pods of one Indexed Job, meeting at index 0's DNS name) learn what
+    1 node x 2 processes learns, step for step. SIGKILL of node 1's pod fails the whole attempt;
+    the operator retries both pods from the last checkpoint, one extra attempt, no duplicate Job."""
+    document = ci_copy("gang", steps=60, checkpoint_every=10, resources={"nodes": 2})
+    baseline, baseline_log = _one_node_two_processes(document, cluster.workdir / "gang-baseline")
+    try:
+        apply_manifest(cluster.api, document, NS)
+        wait_until(lambda: cluster.committed_steps("gang", "sft"), 150, interval=0.1,
+                   message=lambda: dump(cluster.api, "gang", NS) + cluster.agent.logs(NS, cluster.agent.pods_of("gang-sft-a1", NS)[0].name)[-3000:])
+        node1 = next(r for r in cluster.agent.pods_of("gang-sft-a1", NS) if r.index == 1 and r.process is not None)
+        os.killpg(node1.process.pid, signal.SIGKILL)  # node 1 crashes after a commit
+        status = cluster.wait_status("gang", lambda s: s["stages"][0]["attempts"] == 2, 90, "a second attempt")
+        resumed_from = max(cluster.committed_steps("gang", "sft"))
+        assert 10 <= resumed_from < 60
+        sft = status["stages"][0]
+        assert (sft["failures"], sft["gpus"]) == (1, "2x0")
+        failed = [e["message"] for e in events_of(cluster.api, "gang", NS) if e["reason"] == "AttemptFailed"]
+        assert failed and "node 1 of 2" in failed[0] and "exit code 137" in failed[0], failed
+        status = cluster.wait_status("gang", lambda s: s.get("phase") in ("Succeeded", "Failed"), 150, "gang to finish")
+        assert status["phase"] == "Succeeded", dump(cluster.api, "gang", NS)
+        assert baseline.wait(timeout=300) == 0, (cluster.workdir / "gang-baseline" / "stderr.log").read_text()[-3000:]
+    finally:
+        if baseline.poll() is None:
+            os.killpg(baseline.pid, signal.SIGKILL)
+    sft = status["stages"][0]
+    assert (sft["attempts"], sft["failures"]) == (2, 1)
+    assert sft["checkpointUri"] == f"s3://{BUCKET}/{PREFIX}/{NS}/gang/sft/checkpoint-60" and sft["metrics"]["worldSize"] == 2
+    assert cluster.jobs("gang") == ["gang-sft-a1", "gang-sft-a2"]  # one Job per attempt, never a second
+    # both runs on the two nodes, and the baseline on one: the same loss at every step each logged
+    first, second = cluster.pod_records("gang-sft-a1", index=0), cluster.pod_records("gang-sft-a2", index=0)
+    assert _losses(second) and min(_losses(second)) == resumed_from + 1 and max(_losses(second)) == 60
+    ours = {**{s: v for s, v in _losses(first).items() if s <= resumed_from}, **_losses(second)}
+    theirs = _losses([json.loads(line) for line in baseline_log.read_text().splitlines()])
+    assert sorted(ours) == list(range(1, 61)) == sorted(theirs)
+    for step_ in ours:
+        assert ours[step_] == pytest.approx(theirs[step_], rel=1e-5), (step_, ours[step_], theirs[step_])
+    # every logged step reports each process's own step time (the per-rank straggler series)
+    assert all(len(r["rank_step_time"]) == 2 for r in second if "loss" in r)
+    # the pods found index 0 by its DNS name, through the run's headless Service, owned by the job
+    uid = cluster.api.get(AJ, NS, "gang")["metadata"]["uid"]
+    service = cluster.api.get("v1/services", NS, "gang-sft-a2")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "gang-sft-a2"}
+    assert [(o["kind"], o["uid"]) for o in service["metadata"]["ownerReferences"]] == [("AlignmentJob", uid)]
+    pods = {r.index: r for r in cluster.agent.pods_of("gang-sft-a2", NS)}
+    assert pods[1].pod["spec"]["hostname"] == "gang-sft-a2-1" and pods[1].pod["spec"]["subdomain"] == "gang-sft-a2"
+    table = run_kubectl(cluster.api, "get", "aj", "gang", namespace=NS)
+    assert table.stdout.split("\n")[0].split()[:4] == ["NAME", "PHASE", "STAGE", "GPUS"]
+    assert table.stdout.split("\n")[1].split()[:4] == ["gang", "Succeeded", "sft", "2x0"], table.stdout
+
+
+def test_a_rendezvous_that_never_completes_ends_in_rendezvous_timeout_and_a_retry(cluster: Cluster):
+    """Node 1's pod never gets a node: the condition names it while node 0 waits at the rendezvous;
+    after the rendezvous timeout (20 s here) the attempt fails with reason RendezvousTimeout (no hang)
+    and the stage is retried."""
+    cluster.agent.faults.unschedulable(r"^lonely-sft-", index=1)
+    try:
+        document = ci_copy("lonely", resources={"nodes": 2})
+        document["spec"]["stages"][0]["backoffLimit"] = 1
+        apply_manifest(cluster.api, document, NS)
+        waiting = cluster.wait_status("lonely", lambda s: condition(s, "Progressing").get("reason") == "Unschedulable", 60,
+                                      "node 1 to be shown unschedulable")
+        assert "node 1 of 2 (pod lonely-sft-a1-" in condition(waiting, "Progressing")["message"]
+        status = cluster.wait_status("lonely", lambda s: s["stages"][0].get("reason") == "RendezvousTimeout", 120,
+                                     "the rendezvous to time out")
+        sft = status["stages"][0]
+        assert (sft["phase"], sft["attempts"], sft["failures"]) == ("Retrying", 1, 1)
+        assert "did not complete in 20 s" in sft["message"] and "1/2 clients joined" in sft["message"], sft["message"]
+        progressing = condition(status, "Progressing")
+        assert progressing["reason"] == "RendezvousTimeout" and "retrying in 10 s from the last checkpoint" in progressing["message"]
+        cluster.wait_status("lonely", lambda s: s["stages"][0]["attempts"] == 2, 60, "the retry")
+        assert cluster.jobs("lonely") == ["lonely-sft-a1", "lonely-sft-a2"]
+    finally:
+        cluster.agent.faults.clear()
+        run_kubectl(cluster.api, "delete", "aj", "lonely", "--wait=false", namespace=NS)
+    cluster.api.wait_gone(AJ, NS, "lonely", timeout=20)
+    wait_until(lambda: not cluster.jobs("lonely") and not cluster.api.list("v1/services", NS, "alignops.io/job=lonely"), 30,
+               message="the children of lonely to be garbage-collected")

@@ -43,3 +43,15 @@ def test_labels_name_job_stage_attempt_and_split_position():
         "alignops.io/round": "2", "alignops.io/role": "train",
     }
     assert "alignops.io/round" not in run_labels("demo", "sft", 1)
+
+
+def test_runs_across_nodes_keep_room_for_the_hostnames_of_their_pods():
+    # the Job controller names index i's pod host <job>-<i>: a DNS label of at most 63 characters
+    assert child_name("quickstart", "sft", 1, nodes=2) == "quickstart-sft-a1"  # short names are unchanged
+    job = "j" * 63
+    for nodes, limit in ((2, 61), (10, 61), (11, 60), (64, 60)):
+        name = child_name(job, "sft", 1, nodes=nodes)
+        assert len(name) == limit and len(f"{name}-{nodes - 1}") <= 63, (nodes, name)
+        full = f"{job}-sft-a1"
+        assert name == full[:limit - 6] + "-" + hashlib.sha256(full.encode()).hexdigest()[:5]
+    assert child_name(job, "sft", 1, nodes=2) != child_name(job, "sft", 2, nodes=2)

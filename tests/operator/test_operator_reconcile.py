@@ -34,12 +34,15 @@ def ts(seconds: float = 0) -> str:
 
 
 def job_obj(name: str, stage: str = "sft", attempt: int = 1, created: float = 0, conditions: list | None = None,
-            suspend: bool = False, aj: str = "demo", deleting: bool = False) -> JobView:
+            suspend: bool = False, aj: str = "demo", deleting: bool = False, nodes: int = 1) -> JobView:
     meta = {"name": name, "uid": f"uid-{name}", "creationTimestamp": ts(created),
             "labels": {"alignops.io/job": aj, "alignops.io/stage": stage, "alignops.io/attempt": str(attempt)}}
     if deleting:
         meta["deletionTimestamp"] = ts(created + 1)
-    return JobView.from_body({"metadata": meta, "spec": {"suspend": suspend}, "status": {"conditions": conditions or []}})
+    spec = {"suspend": suspend}
+    if nodes > 1:  # a run across nodes: an Indexed Job, one pod per node
+        spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+    return JobView.from_body({"metadata": meta, "spec": spec, "status": {"conditions": conditions or []}})
 
 
 def failed_condition(reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> list:
@@ -47,9 +50,13 @@ def failed_condition(reason: str = "BackoffLimitExceeded", message: str = "Job h
 
 
 def pod_obj(job: str, stage: str = "sft", attempt: int = 1, phase: str = "Running", state: dict | None = None,
-            conditions: list | None = None, created: float = 1, deleting: bool = False, aj: str = "demo", **status) -> PodView:
-    meta = {"name": f"{job}-x7k2p", "creationTimestamp": ts(created),
+            conditions: list | None = None, created: float = 1, deleting: bool = False, aj: str = "demo",
+            index: int | None = None, **status) -> PodView:
+    meta = {"name": f"{job}-x7k2p" if index is None else f"{job}-{index}-x7k2p", "creationTimestamp": ts(created),
             "labels": {"job-name": job, "alignops.io/job": aj, "alignops.io/stage": stage, "alignops.io/attempt": str(attempt)}}
+    if index is not None:  # as the Job controller labels (and annotates) an Indexed Job's pods
+        meta["labels"]["batch.kubernetes.io/job-completion-index"] = str(index)
+        meta["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
     if deleting:
         meta["deletionTimestamp"] = ts(created + 1)
     body = {"metadata": meta, "status": {"phase": phase, "podIP": "10.244.0.7", "conditions": conditions or [], **status}}
@@ -315,6 +322,10 @@ RUN_CASES = {
     "Job finished, pod gone": (Observed(jobs=(job_obj(RUN, conditions=_complete),)), ("Retrying", "ResultLost", [], 10.0)),
     "Job finished, pod status pending": (Observed(jobs=(job_obj(RUN, conditions=_complete),), pods=(_running_pod,)),
                                          ("Running", None, [], 2.0)),
+    # node 1 of 2 was killed at T0+8 s, node 0 still runs: its end gets GANG_SETTLE_SECONDS (5 s) to arrive
+    "a node failed, the others stopping": (Observed(jobs=(job_obj(RUN, nodes=2),), pods=(
+        pod_obj(RUN, index=0, state={"running": {"startedAt": ts(5)}}),
+        pod_obj(RUN, index=1, phase="Failed", state=terminated(137, finishedAt=ts(8))))), ("Running", None, [], 3.0)),
     "running": (Observed(jobs=(job_obj(RUN),), pods=(_running_pod,)), ("Running", None, [], None)),
 }
 
@@ -565,3 +576,149 @@ def test_a_split_rl_stage_runs_rollout_and_train_jobs_per_round(settings):
                                  state=terminated(0, "Completed", {"checkpointUri": "s3://b/final", "metrics": {}})))
     step(doc, Observed(jobs=tuple(observed_jobs), pods=tuple(observed_pods)), settings, 200)
     assert doc["status"]["phase"] == "Succeeded" and stage(doc, "rl")["checkpointUri"] == "s3://b/final"
+
+
+# -- runs across nodes: one Indexed Job, all or nothing --------------------------------------------------
+
+def across_nodes(settings, nodes: int = 2, **stage) -> dict:
+    """A started job whose sft stage runs on ``nodes`` nodes x 1 GPU."""
+    sft = stage_manifest("sft", "sft", resources={"nodes": nodes, "gpus": 1}, hyperparameters={"batchSize": 6 * nodes}, **stage)
+    return started(settings, job_manifest(stages=[sft]))
+
+
+def result_json(message: str | None = None, reason: str | None = None, checkpoint: str | None = None) -> dict:
+    return {"checkpointUri": checkpoint, "metrics": {"loss": 0.5} if checkpoint else {},
+            **({"message": message} if message else {}), **({"reason": reason} if reason else {})}
+
+
+def test_a_run_across_nodes_creates_a_service_and_shows_nodes_x_gpus(settings):
+    doc = job_manifest(stages=[stage_manifest("sft", "sft", resources={"nodes": 3, "gpus": 8}, hyperparameters={"batchSize": 24})])
+    result = step(doc, Observed(), settings)
+    (create,) = result.actions
+    assert create.job["spec"]["completionMode"] == "Indexed" and create.job["spec"]["completions"] == 3
+    assert create.service["metadata"]["name"] == create.name == "demo-sft-a1"
+    assert (stage(doc)["gpus"], doc["status"]["currentGpus"]) == ("3x8", "3x8")
+    # the pods come up one by one; node 2 cannot be placed: the condition says which node waits
+    message = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    pods = (pod_obj(RUN, index=0, state={"running": {"startedAt": ts(5)}}), pod_obj(RUN, index=1, state={"running": {"startedAt": ts(5)}}),
+            pod_obj(RUN, index=2, phase="Pending",
+                    conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]))
+    result = step(doc, Observed(jobs=(job_obj(RUN, nodes=3),), pods=pods[:2]), settings, 3)
+    assert cond(doc, "Progressing")["reason"] == "StageStarting"  # node 2 has no pod yet
+    result = step(doc, Observed(jobs=(job_obj(RUN, nodes=3),), pods=pods), settings, 4)
+    assert (cond(doc, "Progressing")["status"], cond(doc, "Progressing")["reason"]) == ("False", "Unschedulable")
+    assert cond(doc, "Progressing")["message"] == f"stage sft attempt 1: node 2 of 3 (pod {RUN}-2-x7k2p): {message}"
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "Unschedulable")]
+    running = pods[:2] + (pod_obj(RUN, index=2, state={"running": {"startedAt": ts(9)}}),)
+    step(doc, Observed(jobs=(job_obj(RUN, nodes=3),), pods=running), settings, 10)
+    assert cond(doc, "Progressing")["message"] == f"stage sft attempt 1 running (3 nodes: pod {RUN}-0-x7k2p and 2 more)"
+
+
+def test_a_run_across_nodes_succeeds_with_index_0s_result_once_every_node_did(settings):
+    doc = across_nodes(settings)
+    ok = result_json(checkpoint="s3://alignops-ci/root/ml-team/demo/sft/checkpoint-6")
+    node0 = pod_obj(RUN, index=0, phase="Succeeded", state=terminated(0, "Completed", ok, finishedAt=ts(20)))
+    node1_running = pod_obj(RUN, index=1, state={"running": {"startedAt": ts(5)}})
+    step(doc, Observed(jobs=(job_obj(RUN, nodes=2),), pods=(node0, node1_running)), settings, 21)
+    assert stage(doc)["phase"] == "Running"  # node 1 has not finished: no success yet
+    node1 = pod_obj(RUN, index=1, phase="Succeeded", state=terminated(0, "Completed", finishedAt=ts(21)))  # no result: only rank 0 writes one
+    step(doc, Observed(jobs=(job_obj(RUN, nodes=2),), pods=(node0, node1)), settings, 22)
+    assert stage(doc)["phase"] == "Succeeded" and stage(doc)["checkpointUri"] == ok["checkpointUri"]
+    assert stage(doc)["metrics"] == {"loss": 0.5}
+
+
+@pytest.mark.parametrize("job_failed", [False, True], ids=["job-active", "job-failed-by-its-controller"])
+def test_one_failed_node_fails_the_whole_run_and_the_rest_is_stopped(settings, job_failed):
+    doc = across_nodes(settings)
+    conditions = failed_condition("PodFailurePolicy", "Container stage for pod demo-sft-a1-1-x7k2p failed with exit code 137") if job_failed else None
+    job = job_obj(RUN, nodes=2, conditions=conditions)
+    killed = pod_obj(RUN, index=1, phase="Failed", state=terminated(137, finishedAt=ts(30), signal=9))
+    node0 = pod_obj(RUN, index=0, state={"running": {"startedAt": ts(5)}})
+    waiting = step(doc, Observed(jobs=(job,), pods=(node0, killed)), settings, 31)
+    assert waiting.actions == [] and waiting.requeue_after == pytest.approx(4.0)
+    assert cond(doc, "Progressing")["reason"] == "StageStopping"
+    assert f"node 1 of 2 (pod {RUN}-1-x7k2p)" in cond(doc, "Progressing")["message"]
+    # node 0 still has not stopped 5 s after node 1 ended: the run is failed now, and the Job goes
+    # unless its controller failed it (it stops the other pods itself; the failed Job stays for logs)
+    result = step(doc, Observed(jobs=(job,), pods=(node0, killed)), settings, 35)
+    deletes = [(a.name, a.service) for a in result.actions if isinstance(a, DeleteRun)]
+    assert deletes == ([] if job_failed else [(RUN, True)])
+    assert (stage(doc)["phase"], stage(doc)["reason"], stage(doc)["failures"]) == ("Retrying", "Error", 1)
+    assert stage(doc)["message"] == f"node 1 of 2 (pod {RUN}-1-x7k2p): killed by signal 9"
+    assert "exit code 137" in cond(doc, "Progressing")["message"]
+    assert [e.reason for e in result.events] == ["AttemptFailed"]
+    # the whole stage is retried after the backoff, once every pod of the failed run is gone
+    retry = step(doc, Observed(jobs=(job,), pods=(pod_obj(RUN, index=0, phase="Running", deleting=True), killed)), settings, 46)
+    assert not any(isinstance(a, CreateRun) for a in retry.actions)
+    assert cond(doc, "Progressing")["reason"] == "WaitingForPreviousRun"
+    retry = step(doc, Observed(jobs=(job,), pods=(killed,)), settings, 47)
+    (create,) = [a for a in retry.actions if isinstance(a, CreateRun)]
+    assert create.name == "demo-sft-a2" and create.service is not None and create.job["spec"]["completions"] == 2
+
+
+def test_the_most_telling_node_names_the_failure(settings):
+    # node 0 lost its peer (exit 1), node 1 found a configuration error (78): the run fails at once, as 78
+    doc = across_nodes(settings)
+    lost = pod_obj(RUN, index=0, phase="Failed", state=terminated(1, finishedAt=ts(20), message=result_json("RuntimeError: Connection closed by peer")))
+    config = pod_obj(RUN, index=1, phase="Failed", state=terminated(78, finishedAt=ts(21), message=result_json("configuration error: no datasets.train")))
+    step(doc, Observed(jobs=(job_obj(RUN, nodes=2, conditions=failed_condition("PodFailurePolicy")),), pods=(lost, config)), settings, 22)
+    assert doc["status"]["phase"] == "Failed" and cond(doc, "Failed")["reason"] == "ConfigurationError"
+    assert "node 1 of 2" in cond(doc, "Failed")["message"] and "no datasets.train" in cond(doc, "Failed")["message"]
+
+
+def test_a_rendezvous_that_times_out_is_its_own_reason_and_retried(settings):
+    """Node 1 never started (unschedulable); node 0 waited ALIGNOPS_RENDEZVOUS_TIMEOUT and failed with
+    the result's reason RendezvousTimeout, which the status and the condition carry."""
+    doc = across_nodes(settings)
+    message = "rendezvous of 2 nodes at demo-sft-a1-0.demo-sft-a1:29500 (this is node 0) did not complete in 900 s"
+    timed_out = pod_obj(RUN, index=0, phase="Failed", state=terminated(1, finishedAt=ts(900), message=result_json(message, "RendezvousTimeout")))
+    pending = pod_obj(RUN, index=1, phase="Pending",
+                      conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available"}])
+    job = job_obj(RUN, nodes=2, conditions=failed_condition("PodFailurePolicy"))
+    step(doc, Observed(jobs=(job,), pods=(timed_out, pending)), settings, 901)
+    assert stage(doc)["phase"] == "Running"  # the pending pod is being deleted: its state may still come
+    result = step(doc, Observed(jobs=(job,), pods=(timed_out,)), settings, 902)  # gone (deleted while pending)
+    assert (stage(doc)["phase"], stage(doc)["reason"]) == ("Retrying", "RendezvousTimeout")
+    progressing = cond(doc, "Progressing")
+    assert progressing["reason"] == "RendezvousTimeout" and "retrying in 10 s" in progressing["message"]
+    assert message in stage(doc)["message"]
+    assert ("failure", "RendezvousTimeout") in [(o.kind, o.reason) for o in result.observations]
+
+
+def test_a_sigterm_to_one_node_stops_every_node_and_resumes_without_a_failure(settings):
+    """Preemption of node 1: every rank stops at one step, rank 0 commits, all exit 143."""
+    doc = across_nodes(settings)
+    stopped = [pod_obj(RUN, index=i, phase="Failed", state=terminated(143, finishedAt=ts(40 + i),
+                                                                     message=result_json("stopped at step 40") if i == 0 else None))
+               for i in range(2)]
+    early = step(doc, Observed(jobs=(job_obj(RUN, nodes=2),), pods=(pod_obj(RUN, index=0, state={"running": {"startedAt": ts(5)}}), stopped[1])),
+                 settings, 42)
+    # a stop waits for rank 0's commit (the grace period), not GANG_SETTLE_SECONDS
+    assert early.actions == [] and early.requeue_after == pytest.approx(settings.stage_grace_seconds - 1)
+    result = step(doc, Observed(jobs=(job_obj(RUN, nodes=2, conditions=failed_condition()),), pods=tuple(stopped)), settings, 43)
+    assert (stage(doc)["failures"], stage(doc)["attempts"]) == (0, 2)
+    assert [a.name for a in result.actions if isinstance(a, CreateRun)] == ["demo-sft-a2"]
+
+
+def test_suspending_a_run_across_nodes_deletes_its_service_too(settings):
+    doc = across_nodes(settings)
+    doc["spec"]["suspend"] = True
+    doc["metadata"]["generation"] = 2
+    result = step(doc, Observed(jobs=(job_obj(RUN, nodes=2),), pods=(pod_obj(RUN, index=0), pod_obj(RUN, index=1))), settings, 20)
+    assert [(a.name, a.reason, a.service) for a in result.actions if isinstance(a, DeleteRun)] == [(RUN, "Suspended", True)]
+
+
+def test_a_changed_node_count_applies_to_the_next_run_and_keeps_the_current_one(settings):
+    """Names of runs across nodes keep room for their pods' hostnames; the current run is found by
+    the node count it started with, whatever the spec says now."""
+    long = "a-rather-long-alignment-job-name-for-team-x"  # 43 characters: <job>-sft-a1 = 50, fits either way
+    sft = stage_manifest("sft", "supervised-finetune", resources={"nodes": 2}, hyperparameters={"batchSize": 12})
+    doc = started(settings, job_manifest(long, stages=[sft]))
+    name = stage(doc, "supervised-finetune")["jobName"]
+    assert len(name) <= 61 and len(f"{name}-1") <= 63 and stage(doc, "supervised-finetune")["gpus"] == "2x0"
+    doc["spec"]["stages"][0]["resources"] = {"nodes": 1}  # resources may change; they apply to the next attempt
+    doc["metadata"]["generation"] = 2
+    running = tuple(pod_obj(name, stage="supervised-finetune", aj=long, index=i, state={"running": {"startedAt": ts(5)}}) for i in range(2))
+    result = step(doc, Observed(jobs=(job_obj(name, stage="supervised-finetune", aj=long, nodes=2),), pods=running), settings, 10)
+    assert not any(isinstance(a, CreateRun) for a in result.actions)
+    assert stage(doc, "supervised-finetune")["phase"] == "Running" and cond(doc, "Progressing")["reason"] == "StageRunning"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from urllib.parse import urlsplit
@@ -364,13 +365,28 @@ class LocalObjectReference(ApiModel):
     name: str = Field(..., max_length=253, pattern=DNS_SUBDOMAIN, description="Object name.")
 
 
+# an extended resource name (domain/name), e.g. rdma/ib or vpc.amazonaws.com/efa
+DEVICE_RESOURCE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
 class Resources(ApiModel):
-    """What one stage run asks of the cluster. Ignored by `alignops run` except gpus."""
+    """What one stage run asks of the cluster. `alignops run` reads gpus and nodes only: it starts
+    gpus x nodes processes on one machine (the same global ranks, so the same numbers)."""
 
     cpu: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="CPU request and limit, e.g. `8` or `500m`.")
     memory: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, description="Memory request and limit, e.g. `64Gi`.")
-    gpus: int = Field(0, ge=0, le=64, description="nvidia.com/gpu per node; more than 1 needs a distributed stage type.")
-    nodes: int = Field(1, ge=1, le=64, description="Nodes; more than 1 needs a distributed stage type.")
+    gpus: int = Field(0, ge=0, le=64, description="nvidia.com/gpu per node; one training process per GPU (one on the CPU for 0).")
+    nodes: int = Field(
+        1, ge=1, le=64,
+        description="Nodes (one pod each, gpus GPUs each) of every run of the stage: an Indexed Job whose pods meet at a "
+                    "rendezvous and fail or stop together. A split rl stage's rollout runs stay on one node.",
+    )
+    devices: dict[Annotated[str, StringConstraints(max_length=253)], Annotated[int, Field(ge=1, le=1024)]] | None = Field(
+        None, max_length=8,
+        description="Extended resources of each pod beside GPUs, e.g. network devices for NCCL across nodes "
+                    "({rdma/ib: 1} or {vpc.amazonaws.com/efa: 4}); unset: the operator's default for runs across nodes.",
+    )
     node_selector: dict[str, LabelValue] | None = Field(
         None, max_length=32, description="Node labels the stage's pods must match."
     )
@@ -382,3 +398,19 @@ class Resources(ApiModel):
     env: list[EnvVar] | None = Field(None, max_length=64, description="Extra environment variables of the stage container.")
     env_from: list[EnvFromSource] | None = Field(None, max_length=16, description="Secrets/ConfigMaps whose keys become environment variables (e.g. HF_TOKEN).")
     volumes: list[ExtraVolume] | None = Field(None, max_length=16, description="Extra volumes mounted into the stage container.")
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, devices: dict[str, int] | None) -> dict[str, int] | None:
+        for name in devices or {}:
+            if name == GPU_RESOURCE:
+                raise ValueError(f"{GPU_RESOURCE}: request GPUs with resources.gpus (it sets the processes too)")
+            if not re.match(DEVICE_RESOURCE, name):
+                raise ValueError(f"{name!r} is not an extended resource name (domain/name, e.g. rdma/ib or vpc.amazonaws.com/efa)")
+        return devices
+
+
+# the CRD's form of Resources' device-name check
+DEVICES_RULE = (f"!has(self.resources) || !has(self.resources.devices) || self.resources.devices.all(k, "
+                f"k.matches('{DEVICE_RESOURCE}') && k != '{GPU_RESOURCE}')",
+                f"resources.devices: extended resource names (domain/name, e.g. rdma/ib); request {GPU_RESOURCE} with resources.gpus")

@@ -15,7 +15,7 @@ import yaml
 
 from alignops import GROUP, KIND, PLURAL, VERSION
 from alignops.api.base import camel_case
-from alignops.api.common import Resources
+from alignops.api.common import DEVICES_RULE, Resources
 from alignops.api.distributed import BATCH_SPLIT_RULE, OFFLOAD_PARAMETERS_RULE
 from alignops.api.job import JOB_NAME_MAX, JOB_NAME_PATTERN, AlignmentJobSpec
 from alignops.api.stages import STAGE_TYPES, StageType
@@ -151,10 +151,9 @@ def stage_schema() -> Schema:
         for rule, message in info.rules:
             rules.append({"rule": f"self.type != '{name}' || ({rule})", "message": f"{name} stage: {message}"})
     rules.append({"rule": OFFLOAD_PARAMETERS_RULE[0], "message": OFFLOAD_PARAMETERS_RULE[1]})
+    rules.append({"rule": DEVICES_RULE[0], "message": DEVICES_RULE[1]})
     dataset_passes = _types_with(lambda _n, i: "gradient_accumulation_steps" in i.model.model_fields["hyperparameters"].annotation.model_fields)
     rules.append({"rule": f"!(self.type in {_cel_list(dataset_passes)}) || {BATCH_SPLIT_RULE[0]}", "message": BATCH_SPLIT_RULE[1]})
-    rules.append({"rule": "!has(self.resources) || !has(self.resources.nodes) || self.resources.nodes <= 1",
-                  "message": "resources.nodes: multi-node runs are not supported yet; set nodes: 1"})
     return {"type": "object", "required": required, "properties": dict(sorted(properties.items())),
             "x-kubernetes-validations": rules}
 
@@ -249,6 +248,8 @@ def build_crd() -> Schema:
                 "additionalPrinterColumns": [
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                     {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
+                    {"name": "GPUs", "type": "string", "jsonPath": ".status.currentGpus",
+                     "description": "Nodes x GPUs per node of the current stage's run"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": root},

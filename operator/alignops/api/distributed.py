@@ -1,6 +1,6 @@
 """How a stage trains across processes: DeepSpeed ZeRO's stage and offloads. The process count is
-``resources.gpus`` (one worker per GPU; the same number of CPU workers on gloo where there is no GPU,
-so a manifest gives the same numbers wherever it runs)."""
+``resources.gpus`` per node times ``resources.nodes`` (one worker per GPU; the same number of CPU
+workers on gloo where there is no GPU, so a manifest gives the same numbers wherever it runs)."""
 
 from __future__ import annotations
 
@@ -42,10 +42,21 @@ OFFLOAD_PARAMETERS_RULE = (
     "distributed.offloadParameters needs distributed.zeroStage: 3",
 )
 
-BATCH_SPLIT_MESSAGE = ("batchSize {batch} is split evenly across the stage's {processes} processes (resources.gpus): make it a "
-                       "multiple of {processes}; the global batch stays batchSize x gradientAccumulationSteps at any process count")
+BATCH_SPLIT_MESSAGE = ("batchSize {batch} is split evenly across the stage's {processes} processes (resources.gpus x "
+                       "resources.nodes): make it a multiple of {processes}; the global batch stays batchSize x "
+                       "gradientAccumulationSteps at any process count")
+
+
+def process_count(gpus: int, nodes: int) -> int:
+    """Processes of a run: one per GPU (at least one) on each node."""
+    return max(1, gpus) * nodes
+
+
 # the CRD's form of the same check, for stage types that pass over a dataset (the default batchSize is 16)
-BATCH_SPLIT_RULE = ("!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus <= 1"
+_PROCESSES = ("((has(self.resources.gpus) && self.resources.gpus > 1 ? self.resources.gpus : 1)"
+              " * (has(self.resources.nodes) ? self.resources.nodes : 1))")
+BATCH_SPLIT_RULE = ("!has(self.resources)"
                     " || (has(self.hyperparameters) && has(self.hyperparameters.batchSize) ? self.hyperparameters.batchSize : 16)"
-                    " % self.resources.gpus == 0",
-                    "hyperparameters.batchSize must be a multiple of resources.gpus (each process takes an equal share of every micro-batch)")
+                    f" % {_PROCESSES} == 0",
+                    "hyperparameters.batchSize must be a multiple of resources.gpus x resources.nodes (each process takes an "
+                    "equal share of every micro-batch)")

@@ -41,6 +41,10 @@ class StageStatus(StatusModel):
     completion_time: str | None = Field(None, max_length=64, description="When the stage succeeded or failed (RFC 3339).")
     checkpoint_uri: str | None = Field(None, max_length=1024, description="Absolute URI of the stage's final committed checkpoint.")
     job_name: str | None = Field(None, max_length=63, description="The Kubernetes Job of the latest attempt (cluster only).")
+    gpus: str | None = Field(
+        None, max_length=16, pattern=r"^[0-9]+x[0-9]+$",
+        description="Nodes x GPUs per node of the latest run, e.g. 2x8 (16 GPUs on 2 nodes; 1x0: one pod on CPUs).",
+    )
     message: str | None = Field(None, max_length=4096, description="Why the last attempt ended as it did.")
     reason: str | None = Field(None, max_length=128, description="CamelCase reason of the last attempt's end, e.g. Completed, OOMKilled, Error.")
     retry_after: str | None = Field(None, max_length=64, description="Earliest start of the next attempt after a failure (RFC 3339; exponential backoff).")
@@ -65,6 +69,10 @@ class JobStatus(StatusModel):
     phase: JobPhase = Field("Pending", description="Pending, Running, Suspended, Succeeded or Failed.")
     observed_generation: int | None = Field(None, ge=0, description="The spec generation last acted on.")
     current_stage: str | None = Field(None, max_length=20, description="The stage running now, or the last one run.")
+    current_gpus: str | None = Field(
+        None, max_length=16, pattern=r"^[0-9]+x[0-9]+$",
+        description="Nodes x GPUs per node of the current stage's latest run (the GPUs column of kubectl get aj).",
+    )
     output_model: str | None = Field(
         None, max_length=1024, description="Checkpoint URI of the last stage that produced a policy."
     )

@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from alignops.api.base import camel_case
-from alignops.api.distributed import BATCH_SPLIT_MESSAGE
+from alignops.api.distributed import BATCH_SPLIT_MESSAGE, process_count
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
 
@@ -96,12 +96,10 @@ def semantic_errors(job: AlignmentJob) -> list[FieldError]:
                     errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} produces a {produced}, but {camel_case(field_name)} needs a {' or '.join(accepted)}"))
         if stage.resources.gpus > info.max_gpus:
             errors.append(FieldError(f"{path}.resources.gpus", f"{stage.resources.gpus} GPUs requested, but stage type {stage.type} trains on at most {info.max_gpus} GPU per run for now; set gpus: {info.max_gpus}"))
-        processes = max(1, stage.resources.gpus)
+        processes = process_count(stage.resources.gpus, stage.resources.nodes)
         hp = getattr(stage, "hyperparameters", None)
         if processes > 1 and hasattr(hp, "gradient_accumulation_steps") and hp.batch_size % processes:
             errors.append(FieldError(f"{path}.hyperparameters.batchSize", BATCH_SPLIT_MESSAGE.format(batch=hp.batch_size, processes=processes)))
-        if stage.resources.nodes > 1:
-            errors.append(FieldError(f"{path}.resources.nodes", f"multi-node runs are not supported yet for stage type {stage.type}; set nodes: 1"))
     return errors
 
 

@@ -14,7 +14,9 @@ that has no entry still gets a gauge, ``alignops_stage_<key in snake_case>`` ("u
 new stage's metric is visible before anyone edits this table (the rl stage's per-function
 ``reward_<function>`` keys are exported this way); unlisted gauges are capped at ``MAX_UNLISTED`` per
 process to bound cardinality, and an unlisted key whose name a listed one already has is dropped.
-Keys in ``NOT_EXPORTED`` are never gauges; strings and booleans are ignored.
+Keys in ``NOT_EXPORTED`` are never gauges; strings and booleans are ignored. A key of
+``STAGE_RANK_RECORD_METRICS`` holds a list with one number per process (index = global rank) and
+becomes one series per process, labelled ``rank``: how a straggler among a run's processes shows.
 
 When the round changes, the previous round's series are removed from the exporter (one round of
 series per process at a time); Prometheus keeps the history, so per-round panels use
@@ -95,6 +97,14 @@ STAGE_RECORD_METRICS: dict[str, Metric] = {
     "logprob_gap": _stage("logprob_gap", "Mean |log p_rollout - log p_trainer| on sampled tokens: large means broken weight sync."),
 }
 
+# record key (a list: one number per process, by global rank) -> gauge with a ``rank`` label
+RANK_LABELS: tuple[str, ...] = STAGE_LABELS + ("rank",)
+STAGE_RANK_RECORD_METRICS: dict[str, Metric] = {
+    "rank_step_time": Metric(PREFIX + "stage_rank_step_seconds", "gauge",
+                             "Each process's own share of the latest logged step (data, forward, backward; not the wait "
+                             "for the others at the gradient reduce), seconds: a straggler's is the largest.", RANK_LABELS),
+}
+
 # record keys that are labels or bookkeeping, not gauges
 NOT_EXPORTED = frozenset({"round", "time"})
 
@@ -146,5 +156,5 @@ def record_metric(key: str) -> Metric:
 
 def all_names() -> set[str]:
     """Every listed family name (histograms as their base name)."""
-    return ({m.name for m in STAGE_RECORD_METRICS.values()} | {m.name for m in STAGE_OWN_METRICS}
-            | {m.name for m in OPERATOR_METRICS})
+    return ({m.name for m in STAGE_RECORD_METRICS.values()} | {m.name for m in STAGE_RANK_RECORD_METRICS.values()}
+            | {m.name for m in STAGE_OWN_METRICS} | {m.name for m in OPERATOR_METRICS})

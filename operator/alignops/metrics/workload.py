@@ -59,6 +59,7 @@ class StageMetrics:
         self._start = self._gauge(names.STAGE_START)
         self._progress = self._gauge(names.STAGE_LAST_PROGRESS)
         self._gpu = {m.name: self._gauge(m) for m in (names.GPU_MEMORY_ALLOCATED, names.GPU_MEMORY_RESERVED, names.GPU_MEMORY_PEAK)}
+        self._per_rank = {key: self._gauge(m) for key, m in names.STAGE_RANK_RECORD_METRICS.items()}
         self._set_round_series()
 
     # -- label sets ---------------------------------------------------------------------------------
@@ -126,6 +127,11 @@ class StageMetrics:
             now = self.clock()
             labels = self._labels()
             for key, value in record.items():
+                if key in self._per_rank and isinstance(value, (list, tuple)):
+                    for rank, number in enumerate(value):
+                        if _finite(number):
+                            self._set(self._per_rank[key], {**labels, "rank": str(rank)}, float(number))
+                    continue
                 if key in names.NOT_EXPORTED or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
                 gauge = self._record_gauge(key)

@@ -3,7 +3,8 @@ refuses (pure).
 
 * Local paths (``file://``) mean nothing to a pod on another machine: refused with InvalidSpec.
 * A job without ``spec.storage`` uses the operator's default storage; none configured: InvalidSpec.
-* ``ALIGNOPS_*`` environment variables and the volumes the operator mounts itself are reserved.
+* ``ALIGNOPS_*`` and ``PET_*`` (torchrun's rendezvous) environment variables and the volumes the
+  operator mounts itself are reserved.
 * Once a stage has started, ``spec.model``, ``spec.storage`` and the stage's own training fields are
   fixed (its checkpoints depend on them); its resources, backoffLimit and deadlines may change and
   apply to its next attempt. Stages not yet started may be added, removed or edited freely, but not
@@ -22,7 +23,7 @@ from alignops.api.stages import STAGE_TYPES
 from alignops.api.status import JobStatus
 from alignops.api.validation import FieldError
 from alignops.operator.builders import RESERVED_PATHS, RESERVED_VOLUMES
-from alignops.operator.settings import OperatorSettings
+from alignops.operator.settings import RESERVED_ENV_PREFIXES, OperatorSettings
 
 # stage fields that may change after the stage started: they apply to its next attempt
 MUTABLE_STAGE_FIELDS = ("resources", "backoffLimit", "activeDeadlineSeconds", "progressDeadlineSeconds")
@@ -62,8 +63,9 @@ def cluster_errors(job: AlignmentJob, settings: OperatorSettings) -> list[FieldE
                 errors.append(FieldError(f"{path}.{camel_case(field_name)}.uri", local))
         resources = stage.resources
         for i, env in enumerate(resources.env or []):
-            if env.name.startswith("ALIGNOPS_"):
-                errors.append(FieldError(f"{path}.resources.env[{i}].name", f"{env.name}: ALIGNOPS_* variables are set by the operator"))
+            if env.name.startswith(RESERVED_ENV_PREFIXES):
+                errors.append(FieldError(f"{path}.resources.env[{i}].name",
+                                         f"{env.name}: {' and '.join(p + '*' for p in RESERVED_ENV_PREFIXES)} variables are set by the operator"))
         for i, volume in enumerate(resources.volumes or []):
             if volume.name in RESERVED_VOLUMES:
                 errors.append(FieldError(f"{path}.resources.volumes[{i}].name",

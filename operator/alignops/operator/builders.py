@@ -1,4 +1,5 @@
-"""Pure builders: one stage run -> its ConfigMap and its ``batch/v1`` Job (no I/O, no clock).
+"""Pure builders: one stage run -> its ConfigMap and its ``batch/v1`` Job, and for a run across
+nodes its headless Service (no I/O, no clock).
 
 The pod runs ``python -m alignops.workloads /etc/alignops/run/config.json``; the config is the
 resolved ``StageRunConfig`` JSON from the planner, the same bytes ``alignops run`` writes. The
@@ -11,6 +12,14 @@ writable is a volume: ``/scratch`` (``ALIGNOPS_SCRATCH``, ``HOME``, ``TMPDIR``: 
 checkpoints) and a memory-backed ``/dev/shm`` (DataLoader workers, NCCL). No service account token
 is mounted: stages never talk to the API server (IRSA / Workload Identity use their own projected
 tokens).
+
+A run across nodes (``resources.nodes`` = M > 1) is one Indexed Job of M pods (``completions =
+parallelism = M``), each with ``resources.gpus`` GPUs and its node rank from its completion index,
+and a headless Service of the same name that gives each pod a stable DNS name (``subdomain``):
+``<name>-0.<name>`` is node 0, where the others meet (torchrun's ``PET_*`` variables, as Kubeflow
+Trainer sets them). All or nothing: ``backoffLimit: 0`` and a ``podFailurePolicy`` fail the Job at
+once when any pod exits 1 or 78, while a pod stopped by a disruption (preemption, a drain) is not
+counted against it; the operator reads every pod and retries the whole run.
 """
 
 from __future__ import annotations
@@ -18,15 +27,27 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from alignops.api.common import GPU_RESOURCE
 from alignops.api.job import AlignmentJob
+from alignops.contract import (
+    EXIT_CONFIG,
+    EXIT_RETRY,
+    MASTER_ADDR_ENV,
+    MASTER_PORT_ENV,
+    NODE_RANK_ENV,
+    NODES_ENV,
+    PROCESSES_PER_NODE_ENV,
+    RENDEZVOUS_TIMEOUT_ENV,
+    StageRunConfig,
+)
 from alignops.operator.names import (
     CONFIG_HASH_ANNOTATION,
     KUEUE_QUEUE_LABEL,
     child_name,
+    pod_hostname,
     run_labels,
 )
 from alignops.operator.settings import OperatorSettings
-from alignops.contract import StageRunConfig
 
 CONFIG_DIR = "/etc/alignops/run"
 CONFIG_KEY = "config.json"
@@ -36,7 +57,9 @@ SHM_DIR = "/dev/shm"
 RESULT_PATH = "/dev/termination-log"
 CONTAINER = "stage"
 RUN_AS = 10001  # the images' user (images/Dockerfile.*); >= 10000 keeps clear of host UIDs
-GPU_RESOURCE = "nvidia.com/gpu"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # the Job controller sets it on the Job's pods
+RENDEZVOUS_PORT_NAME = "rendezvous"
 # volume names and mount paths the builder owns; a stage's extra volumes may not reuse them
 RESERVED_VOLUMES = ("config", "scratch", "dshm")
 RESERVED_PATHS = (CONFIG_DIR, SCRATCH_DIR, SHM_DIR, RESULT_PATH)
@@ -49,7 +72,11 @@ def config_sha256(config: StageRunConfig) -> str:
 
 
 def run_name(config: StageRunConfig) -> str:
-    return child_name(config.job.name, config.stage, config.attempt, config.round, config.role)
+    return child_name(config.job.name, config.stage, config.attempt, config.round, config.role, config.distributed.nodes)
+
+
+def across_nodes(config: StageRunConfig) -> bool:
+    return config.distributed.nodes > 1
 
 
 def _labels(config: StageRunConfig) -> dict[str, str]:
@@ -84,9 +111,26 @@ def stage_image(job: AlignmentJob, config: StageRunConfig, settings: OperatorSet
     return settings.rollout_image if config.role == "rollout" or colocated_vllm else settings.trainer_image
 
 
-def _env(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings) -> list[Obj]:
+def _rendezvous_env(config: StageRunConfig, settings: OperatorSettings, name: str) -> list[Obj]:
+    """torchrun's variables for one pod of a run across nodes; its node rank is its completion index."""
+    run = config.distributed
+    return [
+        {"name": NODES_ENV, "value": str(run.nodes)},
+        {"name": PROCESSES_PER_NODE_ENV, "value": str(run.processes_per_node)},
+        {"name": NODE_RANK_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
+        {"name": MASTER_ADDR_ENV, "value": f"{pod_hostname(name, 0)}.{name}"},  # node 0's stable name (subdomain)
+        {"name": MASTER_PORT_ENV, "value": str(settings.rendezvous_port)},
+        {"name": RENDEZVOUS_TIMEOUT_ENV, "value": str(settings.rendezvous_timeout_seconds)},
+    ]
+
+
+def _env(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, name: str) -> list[Obj]:
     resources = job.stage(config.stage).resources
-    env: list[Obj] = [e.to_wire() for e in resources.env or []]
+    # the operator's network settings first: a stage's own env (NCCL_* for its nodes) wins
+    stage_env: list[Obj] = [e.to_wire() for e in resources.env or []]
+    named = {e["name"] for e in stage_env}
+    network = settings.network_env if across_nodes(config) else {}
+    env = [{"name": k, "value": v} for k, v in network.items() if k not in named] + stage_env
     ours = {
         "ALIGNOPS_RESULT_PATH": RESULT_PATH,
         "ALIGNOPS_SCRATCH": SCRATCH_DIR,
@@ -102,9 +146,11 @@ def _env(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings) 
     if config.storage.region:
         ours["AWS_REGION"] = config.storage.region
         ours["AWS_DEFAULT_REGION"] = config.storage.region
-    # ours last: for a duplicated name the last entry wins, and the operator refuses ALIGNOPS_* in specs
-    env = [e for e in env if e["name"] not in ours]
-    return env + [{"name": k, "value": v} for k, v in ours.items()]
+    rendezvous = _rendezvous_env(config, settings, name) if across_nodes(config) else []
+    # ours last: for a duplicated name the last entry wins, and the operator refuses ALIGNOPS_* and PET_* in specs
+    taken = set(ours) | {e["name"] for e in rendezvous}
+    env = [e for e in env if e["name"] not in taken]
+    return env + [{"name": k, "value": v} for k, v in ours.items()] + rendezvous
 
 
 def storage_secret(job: AlignmentJob, settings: OperatorSettings) -> str | None:
@@ -130,6 +176,9 @@ def _resources(job: AlignmentJob, config: StageRunConfig, settings: OperatorSett
     limits = dict(amounts)
     if resources.gpus:
         limits[GPU_RESOURCE] = str(resources.gpus)  # extended resources: limits only (requests default to them)
+    # network devices (RDMA, EFA): the stage's own, else the operator's for runs across nodes
+    devices = resources.devices if resources.devices is not None else (settings.network_devices if across_nodes(config) else {})
+    limits.update({device: str(count) for device, count in sorted(devices.items())})
     return {"requests": amounts, "limits": limits}
 
 
@@ -191,9 +240,41 @@ def _container_security() -> Obj:
     }
 
 
+def pod_failure_policy() -> Obj:
+    """A run across nodes: any pod's failure (exit 1, or 78 for a configuration error) fails the
+    Job at once, which stops the other pods; a disruption (preemption, drain, eviction) is not a
+    failure of the run (its pods stop at one step after rank 0 commits and exit 143)."""
+    return {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_RETRY, EXIT_CONFIG]}},
+    ]}
+
+
+def build_run_service(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, name: str | None = None) -> Obj | None:
+    """The headless Service of a run across nodes (None for a run on one node): each pod of the
+    Indexed Job ``name`` gets the DNS name ``<name>-<index>.<name>``, published before the pod is
+    ready (a rendezvous happens before any pod could be)."""
+    if not across_nodes(config):
+        return None
+    name = name or run_name(config)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": config.job.namespace, "labels": _labels(config)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {JOB_NAME_LABEL: name},
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": RENDEZVOUS_PORT_NAME, "port": settings.rendezvous_port, "targetPort": settings.rendezvous_port,
+                       "protocol": "TCP"}],
+        },
+    }
+
+
 def build_stage_job(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, name: str | None = None) -> Obj:
     """The ``batch/v1`` Job of one stage run. ``backoffLimit: 0``: the operator owns retries (from
-    the last checkpoint, with exponential backoff, and exit 78 / 143 handled per the contract)."""
+    the last checkpoint, with exponential backoff, and exit 78 / 143 handled per the contract). A
+    run across nodes is an Indexed Job (see the module docstring)."""
     stage = job.stage(config.stage)
     if stage is None:
         raise KeyError(f"no stage {config.stage!r} in job {job.name!r}")
@@ -210,7 +291,7 @@ def build_stage_job(job: AlignmentJob, config: StageRunConfig, settings: Operato
         "image": stage_image(job, config, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "alignops.workloads", CONFIG_PATH],
-        "env": _env(job, config, settings),
+        "env": _env(job, config, settings, name),
         "resources": _resources(job, config, settings),
         "volumeMounts": mounts,
         "terminationMessagePath": RESULT_PATH,
@@ -220,8 +301,11 @@ def build_stage_job(job: AlignmentJob, config: StageRunConfig, settings: Operato
     env_from = _env_from(job, config, settings)
     if env_from:
         container["envFrom"] = env_from
-    if settings.stage_metrics_port:
-        container["ports"] = [{"name": "metrics", "containerPort": settings.stage_metrics_port, "protocol": "TCP"}]
+    ports = [{"name": "metrics", "containerPort": settings.stage_metrics_port, "protocol": "TCP"}] if settings.stage_metrics_port else []
+    if across_nodes(config):
+        ports.append({"name": RENDEZVOUS_PORT_NAME, "containerPort": settings.rendezvous_port, "protocol": "TCP"})
+    if ports:
+        container["ports"] = ports
     pod: Obj = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": settings.stage_grace_seconds,
@@ -253,10 +337,14 @@ def build_stage_job(job: AlignmentJob, config: StageRunConfig, settings: Operato
         "parallelism": 1,
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
+    if across_nodes(config):
+        nodes = config.distributed.nodes
+        pod["subdomain"] = name  # with the headless Service of that name: <name>-<index>.<name> resolves
+        spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes, podFailurePolicy=pod_failure_policy())
     if stage.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = stage.active_deadline_seconds
     if queue:
-        spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+        spec["suspend"] = True  # Kueue admits the Job (all its pods: parallelism is one workload) by unsuspending it
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

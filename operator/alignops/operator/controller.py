@@ -252,7 +252,8 @@ class Controller:
             return
         deadlines = {s.get("name"): s.get("progressDeadlineSeconds") for s in (body.get("spec") or {}).get("stages") or []}
         now = time.monotonic()
-        due = [p for p in observed.pods if p.phase == "Running" and p.ip and deadlines.get(p.stage)
+        # of a run across nodes only index 0's pod serves /progress (global rank 0 runs there)
+        due = [p for p in observed.pods if p.phase == "Running" and p.ip and deadlines.get(p.stage) and not p.index
                and now - known.get(p.name, (float("-inf"), None))[0] >= self.settings.progress_poll_seconds]
         if not due:
             return

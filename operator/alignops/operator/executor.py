@@ -137,10 +137,14 @@ class Executor:
         meta = owner["metadata"]
         key, namespace = (meta["namespace"], meta["name"]), meta["namespace"]
         configmap, job = dict(action.configmap), dict(action.job)
-        kopf.adopt([configmap, job], owner=owner)
+        service = dict(action.service) if action.service is not None else None
+        kopf.adopt([configmap, job] + ([service] if service else []), owner=owner)
         try:
-            # the ConfigMap first: the pod never waits in ContainerCreating for its config
+            # the ConfigMap first: the pod never waits in ContainerCreating for its config; the
+            # Service before the Job: the pods' DNS names exist as soon as they do
             await self.api.create(core_path(namespace, "configmaps"), configmap)
+            if service is not None:
+                await self.api.create(core_path(namespace, "services"), service)
             await self.api.create(batch_path(namespace), job)
         except ApiError as exc:
             error = CreateError(f"{exc.status} {exc.reason}: {exc.message}"[:1024], is_permanent(exc))
@@ -160,6 +164,8 @@ class Executor:
             # (stage_grace_seconds) to commit a checkpoint, then the garbage collector removes it
             await self.api.delete(batch_path(namespace, action.name), propagation="Background")
             await self.api.delete(core_path(namespace, "configmaps", action.name), propagation="Background")
+            if action.service:
+                await self.api.delete(core_path(namespace, "services", action.name), propagation="Background")
         except ApiError as exc:
             raise temporary(exc, f"deleting Job {namespace}/{action.name}") from None
         self.expectations.deleted.setdefault(key, {})[action.name] = time.monotonic() + EXPECTATION_SECONDS

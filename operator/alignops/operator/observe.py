@@ -4,20 +4,25 @@ indexes), and how a finished pod's termination state becomes the planner's ``Run
 The result of a run is the termination message of its container: the workload writes its result
 JSON (``checkpointUri``, ``metrics``, ``message``; at most 4 KB) to ``ALIGNOPS_RESULT_PATH``, which is
 the container's ``terminationMessagePath``. The operator never reads storage or Secrets.
+
+A run across nodes has one pod per completion index: it succeeded when every index's pod exited
+0 (the result is index 0's, where rank 0 runs), and it failed as soon as any pod did
+(``gang_outcome``: the most telling of the ended pods' outcomes names the failure).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from alignops.operator.names import LABEL_ATTEMPT, LABEL_JOB, LABEL_ROLE, LABEL_ROUND, LABEL_STAGE
-from alignops.contract import EXIT_CONFIG, EXIT_SIGTERM, MESSAGE_LIMIT, StageResult
+from alignops.contract import EXIT_CONFIG, EXIT_SIGTERM, MESSAGE_LIMIT, REASON_RENDEZVOUS_TIMEOUT, StageResult
 from alignops.planner import RunOutcome, parse_time
 
 # container waiting reasons that mean "this will not start by itself": shown as the job's condition
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # label (and annotation) of an Indexed Job's pods
 POD_PROBLEMS = {
     "ErrImagePull": "ImagePullBackOff",
     "ImagePullBackOff": "ImagePullBackOff",
@@ -35,7 +40,8 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _time(value: str | None) -> datetime | None:
+def moment(value: str | None) -> datetime | None:
+    """An API time stamp (RFC 3339) as a datetime; None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -58,6 +64,7 @@ class JobView:
     created: str | None = None
     deleting: bool = False
     suspended: bool = False
+    nodes: int = 1  # completions of an Indexed Job (a run across nodes): one pod per node
     complete: bool = False
     failed: bool = False
     failed_reason: str | None = None
@@ -74,6 +81,7 @@ class JobView:
         status = body.get("status") or {}
         conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
         failed = conditions.get("Failed")
+        spec = body.get("spec") or {}
         return cls(
             name=meta.get("name", ""),
             aj=labels.get(LABEL_JOB, ""),
@@ -84,7 +92,8 @@ class JobView:
             uid=meta.get("uid"),
             created=meta.get("creationTimestamp"),
             deleting=bool(meta.get("deletionTimestamp")),
-            suspended=bool((body.get("spec") or {}).get("suspend")),
+            suspended=bool(spec.get("suspend")),
+            nodes=(_int(spec.get("completions")) or 1) if spec.get("completionMode") == "Indexed" else 1,
             complete="Complete" in conditions,
             failed=failed is not None,
             failed_reason=failed.get("reason") if failed else None,
@@ -110,6 +119,7 @@ class PodView:
     aj: str
     stage: str
     attempt: int | None
+    index: int | None = None  # completion index of an Indexed Job's pod: its node rank
     phase: str = "Pending"
     created: str | None = None
     deleting: bool = False
@@ -152,6 +162,7 @@ class PodView:
             aj=labels.get(LABEL_JOB, ""),
             stage=labels.get(LABEL_STAGE, ""),
             attempt=_int(labels.get(LABEL_ATTEMPT)),
+            index=_int(labels.get(COMPLETION_INDEX, (meta.get("annotations") or {}).get(COMPLETION_INDEX))),
             phase=status.get("phase") or "Pending",
             created=meta.get("creationTimestamp"),
             deleting=bool(meta.get("deletionTimestamp")),
@@ -189,6 +200,7 @@ def pod_outcome(pod: PodView) -> RunOutcome | None:
         message = pod.message or f"pod {pod.name} failed before its container ran"
         return RunOutcome(exit_code=1, reason=reason, message=message[:MESSAGE_LIMIT])
     result = StageResult.decode(term.message)
+    known_reason = result.reason if result is not None else None
     text = result.message if result is not None else (term.message or None)
     if text is not None:
         text = str(text)[:MESSAGE_LIMIT]
@@ -206,7 +218,47 @@ def pod_outcome(pod: PodView) -> RunOutcome | None:
     if code == EXIT_CONFIG:
         return RunOutcome(exit_code=code, reason="ConfigurationError", message=text or "configuration error")
     detail = text or (f"killed by signal {term.signal}" if term.signal else term.reason or "")
-    return RunOutcome(exit_code=code, metrics=result.metrics, reason="Error", message=detail or None)
+    return RunOutcome(exit_code=code, metrics=result.metrics, reason=known_reason or "Error", message=detail or None)
+
+
+def newest_per_index(pods: Iterable[PodView]) -> dict[int, PodView]:
+    """The newest pod of each completion index (a pod without one counts as index 0): a pod the Job
+    controller replaced (a disruption it ignores) no longer speaks for its index."""
+    newest: dict[int, PodView] = {}
+    for pod in sorted(pods, key=lambda p: (p.created or "", p.name)):
+        newest[pod.index or 0] = pod
+    return newest
+
+
+# which ended pod names a failed run: a configuration error, then a pod that failed by itself, then
+# a rendezvous that timed out (often because another pod failed first), then a pod that never ran
+# (deleted while pending, evicted), then a SIGTERM stop (143, a commit: not a failure of the run)
+def _telling(outcome: RunOutcome) -> int:
+    if outcome.exit_code == EXIT_CONFIG:
+        return 0
+    if outcome.reason == REASON_RENDEZVOUS_TIMEOUT:
+        return 2
+    if outcome.exit_code == EXIT_SIGTERM and outcome.reason == "Terminated":
+        return 4
+    if outcome.reason in ("Error", "OOMKilled"):
+        return 1
+    return 3
+
+
+def gang_outcome(pods: Mapping[int, PodView], nodes: int) -> RunOutcome | None:
+    """How a run across ``nodes`` pods ended (``pods``: the newest pod of each index), or None while
+    it goes on: success once every index's pod exited 0, with index 0's result; else, once a pod
+    ended otherwise, the most telling ended pod's outcome (ties: the earliest to end), its message
+    naming the pod and its node. A run whose pods are all gone without success lost its result."""
+    ended = {index: pod_outcome(pod) for index, pod in pods.items() if pod.finished}
+    if len(ended) == nodes and all(ended.get(i) is not None and ended[i].exit_code == 0 for i in range(nodes)):
+        return ended[0]
+    failed = [(index, o) for index, o in ended.items() if o is not None and o.exit_code != 0]
+    if not failed:
+        return None
+    index, outcome = min(failed, key=lambda f: (_telling(f[1]), pods[f[0]].terminated.finished_at if pods[f[0]].terminated else "", f[0]))
+    where = f"node {index} of {nodes} (pod {pods[index].name})"
+    return replace(outcome, message=f"{where}: {outcome.message}"[:MESSAGE_LIMIT] if outcome.message else where)
 
 
 def pod_problem(pod: PodView) -> tuple[str, str] | None:
@@ -222,7 +274,7 @@ def pod_problem(pod: PodView) -> tuple[str, str] | None:
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:
-    a, b = _time(start), _time(end)
+    a, b = moment(start), moment(end)
     if a is None or b is None:
         return None
     return max(0.0, (b - a).total_seconds())

@@ -16,12 +16,20 @@ of the object fails its precondition and is repeated on a fresh copy.
 A run's outcome is recorded once: a stage run is *current* while its stage is Running and the
 stage's ``jobName`` is the name the planner's position (attempt, round, role) gives; recording the
 outcome moves that position (or the phase), so the finished Job no longer counts.
+
+A run across nodes (an Indexed Job, one pod per node) is all or nothing: it succeeds when every
+pod did, and fails when any pod fails. The Job controller stops the other pods then (backoffLimit
+0, podFailurePolicy); the operator gives their final states ``GANG_SETTLE_SECONDS`` to arrive (the
+most telling one names the failure: a configuration error over a crash over a rendezvous timeout),
+deletes the Job if it is still active after that, and records one outcome for the whole run: the
+planner retries the whole stage from its last checkpoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 from pydantic import ValidationError
@@ -31,12 +39,22 @@ from alignops.api.status import JobStatus, StageStatus
 from alignops.api.validation import FieldError, InvalidManifest, parse_job
 from alignops.contract import StageRunConfig
 from alignops.operator.admission import cluster_errors, refused_changes, spec_fingerprint
-from alignops.operator.builders import build_run_configmap, build_stage_job
+from alignops.operator.builders import build_run_configmap, build_run_service, build_stage_job
 from alignops.operator.names import KUEUE_QUEUE_LABEL, RETRY_ANNOTATION, child_name
-from alignops.operator.observe import JobView, PodView, pod_outcome, pod_problem, seconds_between
+from alignops.operator.observe import (
+    JobView,
+    PodView,
+    gang_outcome,
+    moment,
+    newest_per_index,
+    pod_outcome,
+    pod_problem,
+    seconds_between,
+)
 from alignops.operator.settings import OperatorSettings
 from alignops.planner import (
     EXIT_CONFIG,
+    EXIT_SIGTERM,
     Defaults,
     Finished,
     RunOutcome,
@@ -62,6 +80,9 @@ PROBLEMS = frozenset({"Unschedulable", "ImagePullBackOff", "InvalidImageName", "
 CREATE_RETRY_SECONDS = 10.0
 POD_STATUS_WAIT_SECONDS = 2.0
 PREVIOUS_RUN_WAIT_SECONDS = 5.0
+# after a pod of a run across nodes failed: how long the other pods' final states have to arrive
+# (a rank that lost its peer fails within moments; a SIGTERM stop waits for rank 0's commit instead)
+GANG_SETTLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,16 +118,18 @@ class CreateRun:
     stage: str
     configmap: Obj
     job: Obj
+    service: Obj | None = None  # the headless Service of a run across nodes
 
 
 @dataclass(frozen=True)
 class DeleteRun:
-    """Delete a stage run's Job (propagationPolicy Background: its pod gets SIGTERM and its grace
-    period to commit a checkpoint) and its ConfigMap."""
+    """Delete a stage run's Job (propagationPolicy Background: its pods get SIGTERM and their grace
+    period to commit a checkpoint), its ConfigMap, and the Service of a run across nodes."""
 
     name: str
     stage: str
     reason: str
+    service: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,9 +199,15 @@ def _defaults(job: AlignmentJob, settings: OperatorSettings) -> Defaults:
                     storage_endpoint=settings.default_storage_endpoint)
 
 
+def run_nodes(observed: StageStatus) -> int:
+    """The nodes of the stage's current (or last started) run, as the status recorded them when it
+    started (``gpus`` is ``<nodes>x<GPUs>``): a spec changed since applies to the next run."""
+    return int(observed.gpus.split("x")[0]) if observed.gpus else 1
+
+
 def expected_run_name(job_name: str, observed: StageStatus) -> str:
     """The child name of the stage's current (or last started) run, from its planner position."""
-    return child_name(job_name, observed.name, observed.attempts, observed.round, observed.role or "all")
+    return child_name(job_name, observed.name, observed.attempts, observed.round, observed.role or "all", run_nodes(observed))
 
 
 def is_current(job_name: str, observed: StageStatus) -> bool:
@@ -295,28 +324,63 @@ def _reconcile_valid(job: AlignmentJob, old: JobStatus, observed: Observed, sett
 
 
 def _create_run(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, name: str) -> CreateRun:
-    return CreateRun(name, config.stage, build_run_configmap(job, config, name), build_stage_job(job, config, settings, name))
+    return CreateRun(name, config.stage, build_run_configmap(job, config, name), build_stage_job(job, config, settings, name),
+                     build_run_service(job, config, settings, name))
 
 
 # -- reading a stage's current run back: what is seen -> what follows -------------------------------------
 
 @dataclass(frozen=True)
 class RunView:
-    """What is seen of a stage's current run: its Job, its newest pod, the last error creating the Job."""
+    """What is seen of a stage's current run: its Job, its pod (across nodes: index 0's, where rank
+    0 runs), the newest pod of each node, the last error creating the Job."""
 
     job: JobView | None = None
     pod: PodView | None = None
     create_error: CreateError | None = None
+    pods: Mapping[int, PodView] = field(default_factory=dict)
+    nodes: int = 1
 
     @classmethod
-    def of(cls, name: str, observed: Observed) -> "RunView":
+    def of(cls, name: str, observed: Observed, nodes: int = 1) -> "RunView":
         job = next((j for j in reversed(observed.jobs) if j.name == name), None)  # the last view of a name wins
-        pods = sorted((p for p in observed.pods if p.job == name), key=lambda p: (p.created or "", p.name))
-        return cls(job, pods[-1] if pods else None, observed.create_errors.get(name))
+        nodes = job.nodes if job is not None and job.nodes > 1 else nodes
+        mine = [p for p in observed.pods if p.job == name]
+        if nodes > 1:
+            pods = newest_per_index(mine)
+            return cls(job, pods.get(0), observed.create_errors.get(name), pods, nodes)
+        newest = max(mine, key=lambda p: (p.created or "", p.name), default=None)
+        return cls(job, newest, observed.create_errors.get(name), {0: newest} if newest else {}, 1)
+
+    @property
+    def across_nodes(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def alive(self) -> list[PodView]:
+        return [p for p in self.pods.values() if p.alive]
+
+    @cached_property
+    def outcome(self) -> RunOutcome | None:
+        """How the run ended as far as its pods show (None: not yet)."""
+        if not self.across_nodes:
+            return pod_outcome(self.pod) if self.pod is not None else None
+        if self.job is not None and self.job.complete and self.pod is not None and self.pod.finished:
+            return pod_outcome(self.pod)  # every index succeeded: the Job controller says so
+        outcome = gang_outcome(self.pods, self.nodes)
+        if outcome is None and self.job is None and self.pods and not self.alive:
+            return RunOutcome(exit_code=1, reason="ResultLost", message=f"the Job was deleted before all {self.nodes} nodes succeeded")
+        return outcome
 
     @property
     def pod_finished(self) -> bool:
-        return self.pod is not None and self.pod.finished
+        """The run ended and no pod of it runs any more."""
+        return self.outcome is not None and not self.alive
+
+    @property
+    def node_failed(self) -> bool:
+        """Across nodes: a pod failed while others still run (they are being stopped)."""
+        return self.across_nodes and self.outcome is not None and self.outcome.exit_code != 0 and bool(self.alive)
 
 
 @dataclass
@@ -343,6 +407,9 @@ class CurrentRun:
     def set_progressing(self, ok: bool, reason: str, message: str) -> None:
         set_condition(self.status, "Progressing", ok, reason, message, self.now, self.job.metadata.generation)
 
+    def delete(self, seen: RunView, reason: str) -> None:
+        self.result.actions.append(DeleteRun(self.name, self.current.name, reason, service=seen.across_nodes))
+
 
 @dataclass(frozen=True)
 class RunRule:
@@ -355,7 +422,7 @@ class RunRule:
 
 
 def _pod_result(run: CurrentRun, seen: RunView) -> RunOutcome | None:
-    return pod_outcome(seen.pod)
+    return seen.outcome
 
 
 def _wait(run: CurrentRun, seen: RunView) -> None:
@@ -386,6 +453,26 @@ def _deadline_exceeded(run: CurrentRun, seen: RunView) -> RunOutcome:
                       message=f"{run.label} ran longer than activeDeadlineSeconds ({deadline} s)")
 
 
+def _node_failed(run: CurrentRun, seen: RunView) -> RunOutcome | None:
+    """A pod of a run across nodes failed while others run: the whole run failed. Their final
+    states get GANG_SETTLE_SECONDS (a SIGTERM stop: the grace period, for rank 0's commit) from the
+    first pod's end; then the outcome is recorded, and a Job the Job controller has not failed
+    itself (which stops the other pods) is deleted."""
+    outcome = seen.outcome
+    ended = [moment(p.terminated.finished_at) for p in seen.pods.values() if p.finished and p.terminated]
+    first_end = min((t for t in ended if t is not None), default=run.now)
+    settle = run.settings.stage_grace_seconds if outcome.exit_code == EXIT_SIGTERM else GANG_SETTLE_SECONDS
+    left = (first_end + timedelta(seconds=settle) - run.now).total_seconds()
+    if left > 0:
+        run.set_progressing(True, "StageStopping", f"{run.label} failed on {outcome.message}; "
+                                                   f"waiting for its {len(seen.alive)} other pod(s) to stop")
+        run.result.wake_in(left)
+        return None
+    if seen.job is not None and not seen.job.finished:
+        run.delete(seen, outcome.reason or "NodeFailed")
+    return outcome
+
+
 def _result_lost(run: CurrentRun, seen: RunView) -> RunOutcome:
     reason = "ResultLost" if seen.job.complete else (seen.job.failed_reason or "Error")
     return RunOutcome(exit_code=1, reason=reason,
@@ -401,7 +488,7 @@ def _running(run: CurrentRun, seen: RunView) -> RunOutcome | None:
     stalled = _stalled(run.job.stage(run.current.name), seen.pod, run.observed, run.settings, run.result)
     if stalled is None:
         return None
-    run.result.actions.append(DeleteRun(run.name, run.current.name, "Stalled"))
+    run.delete(seen, "Stalled")
     return RunOutcome(exit_code=1, reason="Stalled", message=f"{run.label}: {stalled}")
 
 
@@ -410,13 +497,14 @@ def _running(run: CurrentRun, seen: RunView) -> RunOutcome | None:
 RUN_RULES: tuple[RunRule, ...] = (
     # someone deleted the Job: its finished pod still holds the result
     RunRule("pod outlived its Job", lambda seen: seen.job is None and seen.pod_finished, _pod_result),
-    RunRule("Job gone, pod stopping", lambda seen: seen.job is None and seen.pod is not None, _wait),
+    RunRule("Job gone, pod stopping", lambda seen: seen.job is None and bool(seen.alive), _wait),
     RunRule("Job refused", lambda seen: seen.job is None and seen.create_error is not None and seen.create_error.permanent, _refused),
     RunRule("Job missing", lambda seen: seen.job is None, _create_again),
     RunRule("Job being deleted", lambda seen: seen.job.deleting, _wait),
     RunRule("deadline exceeded", lambda seen: seen.job.failed and seen.job.failed_reason == "DeadlineExceeded", _deadline_exceeded),
     RunRule("pod finished", lambda seen: seen.pod_finished, _pod_result),
-    RunRule("Job finished, pod gone", lambda seen: seen.job.finished and seen.pod is None, _result_lost),
+    RunRule("a node failed, the others stopping", lambda seen: seen.node_failed, _node_failed),
+    RunRule("Job finished, pod gone", lambda seen: seen.job.finished and not seen.alive and seen.outcome is None, _result_lost),
     RunRule("Job finished, pod status pending", lambda seen: seen.job.finished, _wait_for_pod_status),
     RunRule("running", lambda seen: True, _running),
 )
@@ -430,7 +518,7 @@ def _observe_run(job: AlignmentJob, status: JobStatus, stage_name: str, observed
                  settings: OperatorSettings, now: datetime, result: Reconciliation) -> JobStatus:
     """Read the current run of a stage back: record its outcome once it ended, or show where it is."""
     run = CurrentRun(job, status, status.stage(stage_name), observed, settings, now, result)
-    seen = RunView.of(run.name, observed)
+    seen = RunView.of(run.name, observed, run_nodes(run.current))
     outcome = match_run_rule(seen).respond(run, seen)
     return status if outcome is None else record_outcome(job, status, stage_name, outcome, now)
 
@@ -438,19 +526,24 @@ def _observe_run(job: AlignmentJob, status: JobStatus, stage_name: str, observed
 def _show_progress(run: CurrentRun, seen: RunView) -> None:
     child, pod = seen.job, seen.pod
     label = run.label
-    if pod is None and child.suspended:
+    if not seen.pods and child.suspended:
         queue = (run.job.metadata.labels or {}).get(KUEUE_QUEUE_LABEL)
         detail = f"waits for admission by Kueue (queue {queue})" if queue else "is suspended"
         run.set_progressing(True, "Queued", f"{label}: Job {child.name} {detail}")
         return
-    if pod is None or pod.phase == "Pending":
-        problem = pod_problem(pod) if pod is not None else None
-        if problem is not None:
-            run.set_progressing(False, problem[0], f"{label}: {problem[1]}")
-        else:
-            run.set_progressing(True, "StageStarting", f"{label}: starting (Job {child.name})")
+    waiting = [(i, p) for i, p in sorted(seen.pods.items()) if p.phase == "Pending"]
+    problems = [(i, p, pod_problem(p)) for i, p in waiting if pod_problem(p) is not None]
+    if problems:
+        index, waiting_pod, (reason, message) = problems[0]
+        if seen.across_nodes:  # the others wait at the rendezvous meanwhile, and hold their GPUs
+            message = f"node {index} of {seen.nodes} (pod {waiting_pod.name}): {message}"
+        run.set_progressing(False, reason, f"{label}: {message}")
         return
-    message = f"{label} running (pod {pod.name})"
+    if pod is None or waiting or len(seen.pods) < seen.nodes:
+        run.set_progressing(True, "StageStarting", f"{label}: starting (Job {child.name})")
+        return
+    where = f"pod {pod.name}" if not seen.across_nodes else f"{seen.nodes} nodes: pod {pod.name} and {seen.nodes - 1} more"
+    message = f"{label} running ({where})"
     before = run.status.condition("Progressing")
     if before is None or before.reason != "StageRunning" or before.message != message:
         waited = seconds_between(child.created, pod.running_since)
@@ -480,7 +573,8 @@ def _suspend(job: AlignmentJob, status: JobStatus, now: datetime, result: Reconc
         if observed_stage.phase != "Running":
             continue
         if is_current(job.name, observed_stage):
-            result.actions.append(DeleteRun(observed_stage.job_name, observed_stage.name, "Suspended"))
+            result.actions.append(DeleteRun(observed_stage.job_name, observed_stage.name, "Suspended",
+                                            service=run_nodes(observed_stage) > 1))
         observed_stage.phase = "Suspended"
         observed_stage.reason = "Suspended"
         observed_stage.message = "stopped by spec.suspend: the run commits a checkpoint on SIGTERM and the next one resumes from it"
@@ -514,7 +608,7 @@ def _start_next(job: AlignmentJob, status: JobStatus, observed: Observed, settin
                       f"stage {config.stage}: waiting for pod {alive[0].name} of an earlier run to stop", now, generation)
         result.wake_in(PREVIOUS_RUN_WAIT_SECONDS)
         return status
-    name = child_name(config.job.name, config.stage, config.attempt, config.round, config.role)
+    name = child_name(config.job.name, config.stage, config.attempt, config.round, config.role, config.distributed.nodes)
     status = mark_started(job, status, config.stage, now, job_name=name)
     started = status.stage(config.stage)
     if not started.spec_fingerprint:
@@ -531,7 +625,7 @@ def _cleanup(job: AlignmentJob, status: JobStatus, observed: Observed, settings:
         failed = [j for j in observed.jobs if j.stage == observed_stage.name and j.failed and not j.deleting]
         failed.sort(key=lambda j: (j.attempt or 0, j.created or ""), reverse=True)
         for old_job in failed[settings.failed_jobs_kept:]:
-            result.actions.append(DeleteRun(old_job.name, observed_stage.name, "Cleanup"))
+            result.actions.append(DeleteRun(old_job.name, observed_stage.name, "Cleanup", service=old_job.nodes > 1))
 
 
 def _expire(ttl: int | None, status: JobStatus, now: datetime, result: Reconciliation) -> None:

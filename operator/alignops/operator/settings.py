@@ -3,10 +3,15 @@ from its values) or from ``alignops operator`` options."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from alignops.api.common import QUANTITY_PATTERN
+from alignops.api.common import DEVICE_RESOURCE, ENV_NAME, GPU_RESOURCE, QUANTITY_PATTERN
+
+# environment variables the operator sets itself: never from settings or specs
+RESERVED_ENV_PREFIXES = ("ALIGNOPS_", "PET_")
 
 
 class OperatorSettings(BaseSettings):
@@ -51,6 +56,41 @@ class OperatorSettings(BaseSettings):
         None, description="true: run without kopf peering (one replica); false: require peering; unset: peering if its CRD exists."
     )
     verbose: bool = Field(False, description="Debug logging.")
+    # -- runs across nodes (resources.nodes > 1) ---------------------------------------------------------
+    rendezvous_port: int = Field(
+        29500, ge=1024, le=65535, description="Port of the rendezvous on the index-0 pod of a run across nodes (PET_MASTER_PORT)."
+    )
+    rendezvous_timeout_seconds: int = Field(
+        900, ge=1, le=86400,
+        description="How long the pods of a run across nodes wait for each other (image pulls and scheduling included) "
+                    "before the attempt fails with reason RendezvousTimeout and is retried.",
+    )
+    network_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every pod of a run across nodes, as JSON: NCCL's and the fabric's settings, e.g. "
+                    '{"NCCL_SOCKET_IFNAME": "eth0", "NCCL_IB_HCA": "mlx5", "FI_PROVIDER": "efa"}; a stage\'s resources.env wins.',
+    )
+    network_devices: dict[str, int] = Field(
+        default_factory=dict,
+        description="Extended resources of every pod of a run across nodes, as JSON, e.g. "
+                    '{"vpc.amazonaws.com/efa": 4} or {"rdma/ib": 1}; a stage\'s resources.devices replaces them.',
+    )
+
+    @field_validator("network_env")
+    @classmethod
+    def _network_env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not re.match(ENV_NAME, name) or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"{name!r}: not a variable name, or one the operator sets ({', '.join(RESERVED_ENV_PREFIXES)}*)")
+        return env
+
+    @field_validator("network_devices")
+    @classmethod
+    def _network_device_names(cls, devices: dict[str, int]) -> dict[str, int]:
+        for name, count in devices.items():
+            if name == GPU_RESOURCE or not re.match(DEVICE_RESOURCE, name) or count < 1:
+                raise ValueError(f"{name}: {count}: an extended resource (domain/name, not {GPU_RESOURCE}) and a count >= 1")
+        return devices
 
     @property
     def namespace_list(self) -> list[str]:

@@ -79,6 +79,15 @@ class World:
             return flag
         return bool(self.sum(torch.tensor([int(flag)])).item())
 
+    def gather_floats(self, value: float) -> list[float]:
+        """Every process's ``value``, in rank order (one small all-gather)."""
+        if not self.distributed:
+            return [float(value)]
+        mine = torch.tensor([float(value)], dtype=torch.float64, device=self._device())
+        parts = [torch.empty_like(mine) for _ in range(self.size)]
+        torch.distributed.all_gather(parts, mine)
+        return [float(part.item()) for part in parts]
+
     def all_gather_object(self, value: T) -> list[T]:
         if not self.distributed:
             return [value]

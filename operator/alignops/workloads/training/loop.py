@@ -14,6 +14,11 @@ every micro-batch and process), times the process count (the engines average gra
 processes): the global token mean, never a mean of micro-batch means (the gradient-accumulation
 loss bug transformers fixed in 4.46). Losses are read back to Python only at log steps, summed
 over processes; only the main process logs and commits.
+
+A straggler is visible per rank: at log steps every process reports how long its own share of the
+step took (data, forward and backward of its micro-batches, up to the optimizer step, where the
+gradients are reduced and every process waits for the slowest) and the main process logs the list
+as ``rank_step_time`` (one gauge per rank, ``alignops_stage_rank_step_seconds``).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class StepOutput:
     tokens: int
     metrics: dict[str, Any]
     grad_norms: list[float]
+    work_seconds: float = 0.0  # this process's own share of the step, before the optimizer step
 
 
 def memory_figures(world) -> dict[str, float]:
@@ -148,11 +154,13 @@ class TrainLoop:
         return self.world.any(self.ctx.stop.is_set())
 
     def optimizer_step(self, micro_batches: Iterable[Micro], loss_of: Callable[[Micro], MicroBatchLoss],
-                       weight_of: Callable[[Micro], float] | None = None) -> StepOutput:
+                       weight_of: Callable[[Micro], float] | None = None, timed: bool = False) -> StepOutput:
         """Back-propagate ``loss_of(m) * weight_of(m)`` for each of this process's micro-batches,
         then one optimiser step. ``weight_of`` turns a micro-batch's mean into its share of the
         step's global mean (times the process count); default 1, for losses the caller already
-        normalised by the whole step's counts (the rl update's)."""
+        normalised by the whole step's counts (the rl update's). ``timed``: wait for the GPU before
+        reading the clock, so ``work_seconds`` is the work's and not its launch's."""
+        started = time.perf_counter()
         self.engine.zero_grad()
         loss_total = torch.zeros(())
         tokens, metrics = 0, {}
@@ -165,18 +173,21 @@ class TrainLoop:
             tokens += out.tokens
             for name, value in out.metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + (value.detach().cpu() if isinstance(value, torch.Tensor) else value) * weight
+        if timed and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        work_seconds = time.perf_counter() - started
         norms = self.engine.step(self.hp.max_grad_norm)
         state = self.state
         state.step += 1
         state.tokens_seen += tokens
         state.last_loss = None  # read back at log steps and commits (_settle_loss)
         self._last_loss_tensor = loss_total
-        return StepOutput(loss_total, tokens, metrics, norms)
+        return StepOutput(loss_total, tokens, metrics, norms, work_seconds)
 
-    def train_step(self) -> dict[str, Any]:
+    def train_step(self, timed: bool = False) -> dict[str, Any]:
         """One optimiser step over the next ``gradientAccumulationSteps`` micro-batches of the data;
         this process reads its share of each. Figures are this process's shares (``log_record``
-        sums them over processes)."""
+        sums them over processes) and its ``work_seconds``."""
         self.model.train()
         world, step = self.world, self.state.step
         micro_batches = [self.order.micro_batch(step, m) for m in range(self.hp.gradient_accumulation_steps)]
@@ -192,8 +203,8 @@ class TrainLoop:
 
         # a share's loss is weighted by its units over the step's, times the process count (the
         # engines average gradients): the sum over processes is the step's global mean
-        out = self.optimizer_step(micro_batches, loss_of, lambda m: weight_of(m))
-        return {"loss": out.loss, "grad_norm": out.grad_norms[0], "tokens": out.tokens,
+        out = self.optimizer_step(micro_batches, loss_of, lambda m: weight_of(m), timed=timed)
+        return {"loss": out.loss, "grad_norm": out.grad_norms[0], "tokens": out.tokens, "work_seconds": out.work_seconds,
                 **{k: v / world.size for k, v in out.metrics.items()}}
 
     def log_record(self, record: dict[str, Any]) -> dict[str, float]:
@@ -217,17 +228,20 @@ class TrainLoop:
                 self.commit()
                 raise StopRequested(f"stopped at step {state.step}")
             started = time.perf_counter()
-            record = self.train_step()
+            logged = (state.step + 1) % self.hp.log_every == 0 or state.step + 1 == state.total_steps
+            record = self.train_step(timed=logged)
             window_tokens += record.pop("tokens")
-            if state.step % self.hp.log_every == 0 or state.step == state.total_steps:
+            work_seconds = record.pop("work_seconds")
+            if logged:
                 figures = self.log_record({**record, "tokens": window_tokens})
                 elapsed = time.perf_counter() - window_start
                 tokens = figures.pop("tokens")
+                rank_times = self.world.gather_floats(work_seconds)
                 self.ctx.metrics.log({
                     "step": state.step, "total_steps": state.total_steps, "round": state.round,
                     "lr": self.engine.learning_rate(), "step_time": time.perf_counter() - started,
                     "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
-                    **memory_figures(self.world), **figures,
+                    **memory_figures(self.world), **figures, "rank_step_time": rank_times,
                 })
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
