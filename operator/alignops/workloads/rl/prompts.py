@@ -8,6 +8,7 @@ from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data.records import DatasetError, load_records
 from alignops.workloads.data.sft import text_field
 from alignops.workloads.data.held_out import held_out_source
+from alignops.workloads.rl.rewards import NEEDS_ANSWER, default_terms
 from alignops.workloads.training.order import epoch_permutation
 
 
@@ -26,7 +27,16 @@ def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[lis
         raise ConfigError("datasets.train is required for an rl stage (records with `prompt`, and `answer` for verifiers)")
     options = ctx.storage_options
     records = load_records(ctx.config.datasets.train, "prompts", options=options)
-    train = records.each(lambda r: {"prompt": prompt_text(r, tokenizer), "answer": r.get("answer")})
+    terms = hp.rewards or default_terms(ctx.config.inputs.reward_model is not None)
+    verifier = next((t.name for t in terms if t.name in NEEDS_ANSWER), None)
+
+    def prompt(record: dict) -> dict:
+        # checked here, where the record's line is known, not after the first round's sampling
+        if verifier is not None and record.get("answer") is None:
+            raise DatasetError(f"field `answer` is missing: the {verifier} reward compares each response with it")
+        return {"prompt": prompt_text(record, tokenizer), "answer": record.get("answer")}
+
+    train = records.each(prompt)
     source, verifiable = held_out_source(ctx, hp.eval_size)
     held = load_records(source, "prompts", held_out=verifiable, options=options) if source is not None else []
     held = [{"prompt": prompt_text(r, tokenizer), "answer": str(r["answer"])} for r in held if r.get("answer") is not None]

@@ -42,6 +42,7 @@ class Stage:
         self.ctx = ctx
         self.hp = parse_hyperparameters(self.hyperparameters, ctx)
         self.algorithm = ctx.config.algorithm or self.default_algorithm
+        self.dropped = 0  # training items with nothing to learn, skipped (alignops.workloads.data.learnable)
 
     # -- hooks ------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -99,4 +100,5 @@ class Stage:
         loop = record.loop(self.start, self.hp, size, self.loss)
         self.before_training(loop)
         final = loop.run()
-        return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, self.evaluate_after(), self.extra_metrics()))
+        extra = {**({"droppedExamples": float(self.dropped)} if self.dropped else {}), **self.extra_metrics()}
+        return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, self.evaluate_after(), extra))

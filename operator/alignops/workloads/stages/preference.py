@@ -36,6 +36,7 @@ from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import to_comparisons, to_pairs, to_unpaired
 from alignops.workloads.data.held_out import load_held_out_pairs
+from alignops.workloads.data.learnable import learnable_comparisons, learnable_examples
 from alignops.workloads.data.sft import tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
 from alignops.workloads.models.policy import Starting, initial_model, starting_policy
@@ -108,13 +109,18 @@ class PreferenceStage(Stage):
     def build_dataset(self) -> int:
         hp, tokenizer = self.hp, self.tokenizer
         if self.traits.paired:
-            pairs = to_pairs(to_comparisons(self.training_records("pairs")))
-            self.items = [[tokenize_response(p.prompt, r, tokenizer, hp.max_length) for r in p.responses] for p in pairs]
+            records = self.training_records("pairs")
+            pairs = to_pairs(to_comparisons(records))
+            items = [[tokenize_response(p.prompt, r, tokenizer, hp.max_length) for r in p.responses] for p in pairs]
+            kept = learnable_comparisons(items, records.source, hp.max_length)
         else:
-            self.unpaired = to_unpaired(self.training_records("unpaired"))
-            self.items = [[tokenize_response(u.prompt, u.completion, tokenizer, hp.max_length)] for u in self.unpaired]
-        if not self.items:
-            raise ConfigError("the training data holds no comparisons")
+            records = self.training_records("unpaired")
+            unpaired = to_unpaired(records)
+            items = [[tokenize_response(u.prompt, u.completion, tokenizer, hp.max_length)] for u in unpaired]
+            kept = learnable_examples([item[0] for item in items], records.source, hp.max_length)
+            self.unpaired = [unpaired[i] for i in kept]
+        self.items = [items[i] for i in kept]
+        self.dropped = len(items) - len(kept)
         self.cache = ReferenceLogps(self.reference, self.items, self.pad) if self.reference is not None else None
         return len(self.items)
 

@@ -18,6 +18,7 @@ from alignops.api.hyperparameters import RankHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import to_comparisons
 from alignops.workloads.data.held_out import load_held_out_pairs
+from alignops.workloads.data.learnable import learnable_comparisons
 from alignops.workloads.data.sft import tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics
 from alignops.workloads.models.scoring import sequence_logps
@@ -36,9 +37,13 @@ class RankStage(Stage):
             raise ConfigError(str(exc)) from None
 
     def build_dataset(self) -> int:
-        self.train = to_comparisons(self.training_records("rankings"))
-        self.sequences = [[tokenize_response(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
-                          for c in self.train]
+        records = self.training_records("rankings")
+        comparisons = to_comparisons(records)
+        sequences = [[tokenize_response(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
+                     for c in comparisons]
+        kept = learnable_comparisons(sequences, records.source, self.hp.max_length, "`responses`")
+        self.train, self.sequences = [comparisons[i] for i in kept], [sequences[i] for i in kept]
+        self.dropped = len(comparisons) - len(kept)
         return len(self.train)
 
     def build_held_out(self) -> None:

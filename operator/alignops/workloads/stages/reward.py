@@ -24,6 +24,7 @@ from alignops.api.hyperparameters import RewardHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import Comparison, to_comparisons
 from alignops.workloads.data.held_out import load_held_out_pairs
+from alignops.workloads.data.learnable import learnable_comparisons
 from alignops.workloads.data.sft import reward_example
 from alignops.workloads.evaluation.pairs import reward_pair_metrics
 from alignops.workloads.models.build import build_scalar_head_model
@@ -57,11 +58,15 @@ class RewardStage(Stage):
         return start
 
     def build_dataset(self) -> int:
-        self.train = to_comparisons(self.training_records("pairs"))
-        self.algorithm = choose_algorithm(self.ctx.config.algorithm, self.train)  # the data decides by default
+        records = self.training_records("pairs")
+        comparisons = to_comparisons(records)
+        self.algorithm = choose_algorithm(self.ctx.config.algorithm, comparisons)  # the data decides by default
         self.loss_of = REWARD_LOSSES.get(self.algorithm)
-        self.sequences = [[reward_example(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
-                          for c in self.train]
+        sequences = [[reward_example(c.prompt, r, self.tokenizer, self.hp.max_length) for r in c.responses]
+                     for c in comparisons]
+        kept = learnable_comparisons(sequences, records.source, self.hp.max_length, "`chosen`/`rejected` or `responses`")
+        self.train, self.sequences = [comparisons[i] for i in kept], [sequences[i] for i in kept]
+        self.dropped = len(comparisons) - len(kept)
         return len(self.train)
 
     def build_held_out(self) -> None:

@@ -6,8 +6,6 @@ Held-out figures: ``evalLoss`` (response-token cross-entropy) and, on the demo t
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from alignops.algos.sft import masked_lm_loss
@@ -15,32 +13,12 @@ from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.batching import sft_batch
 from alignops.workloads.data.held_out import held_out_source
-from alignops.workloads.data.records import DatasetError, load_records
-from alignops.workloads.data.sft import SftExample, tokenize_sft
+from alignops.workloads.data.learnable import learnable_examples
+from alignops.workloads.data.records import load_records
+from alignops.workloads.data.sft import tokenize_sft
 from alignops.workloads.evaluation.generation import greedy_accuracy, sft_eval_loss
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss
-
-
-DROPPED_WARNING_SHARE = 0.1
-
-
-def learnable_examples(examples: list[SftExample], source: str, max_length: int) -> list[SftExample]:
-    """The examples with something to learn. A dataset with nothing (every prompt fills maxLength,
-    or every completion is empty) is a configuration error, not a run that trains on loss 0; a
-    large share dropped is a warning."""
-    kept = [e for e in examples if e.learns]
-    if not kept:
-        raise DatasetError(f"{source}: no example has a response token within maxLength {max_length} "
-                           "(every prompt is as long or longer); raise hyperparameters.maxLength")
-    if all(e.empty_response for e in kept):
-        raise DatasetError(f"{source}: every completion is empty; nothing to learn but end-of-sequence "
-                           "(check the `completion` field or the assistant turns)")
-    dropped = len(examples) - len(kept)
-    if dropped > DROPPED_WARNING_SHARE * len(examples):
-        print(f"warning: {source}: {dropped} of {len(examples)} examples have no response token within "
-              f"maxLength {max_length} and are skipped; raise hyperparameters.maxLength to keep them", file=sys.stderr)
-    return kept
 
 
 class SftStage(Stage):
@@ -49,7 +27,7 @@ class SftStage(Stage):
     def build_dataset(self) -> int:
         records = self.training_records("sft")
         examples = records.each(lambda r: tokenize_sft(r, self.tokenizer, self.hp.max_length))
-        self.train = learnable_examples(examples, records.source, self.hp.max_length)
+        self.train = [examples[i] for i in learnable_examples(examples, records.source, self.hp.max_length)]
         self.dropped = len(examples) - len(self.train)
         return len(self.train)
 
@@ -80,9 +58,6 @@ class SftStage(Stage):
             example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
         loss = masked_lm_loss(logits.float(), labels, example_weights)
         return MicroBatchLoss(loss=loss, tokens=int(attention.sum()))
-
-    def extra_metrics(self) -> dict[str, float]:
-        return {"droppedExamples": self.dropped} if self.dropped else {}
 
 
 STAGE = SftStage
