@@ -9,6 +9,7 @@ removed: removing a locked file would let a third run lock a new file under the 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -18,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
+# a filesystem without flock (some network mounts): the run goes on unlocked, as before locks existed
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,23 @@ class RunLock:
         None. Raises Locked when a live process holds it, OSError when the directory is unusable."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = Holder.read(fd)
             os.close(fd)
             raise Locked(self.path, holder) from None
+        except OSError as exc:
+            locked = False
+            if exc.errno not in NO_LOCKS:
+                os.close(fd)
+                raise
         except BaseException:
             os.close(fd)
             raise
-        stale = Holder.read(fd)  # a run that ended cleanly leaves the file empty
+        # a run that ended cleanly leaves the file empty; unlocked, its text proves nothing
+        stale = Holder.read(fd) if locked else None
         mine = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")}
         try:

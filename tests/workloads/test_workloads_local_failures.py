@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 def _manifest(tmp_path, steps: int, **hyper) -> str:
     doc = sft_job()
-    doc["spec"]["stages"][0]["hyperparameters"].update(maxSteps=steps, logEvery=1, **hyper)
+    doc["spec"]["stages"][0]["datasets"]["train"]["size"] = 16
+    doc["spec"]["stages"][0]["hyperparameters"].update(maxSteps=steps, logEvery=1, batchSize=4, evalSize=2, **hyper)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)

@@ -27,7 +27,8 @@ def _write(path, doc) -> str:
 def _tiny(steps: int = 2) -> dict:
     doc = two_sft_job()
     for stage in doc["spec"]["stages"]:
-        stage["hyperparameters"].update(maxSteps=steps, logEvery=1)
+        stage["datasets"]["train"]["size"] = 16
+        stage["hyperparameters"].update(maxSteps=steps, logEvery=1, batchSize=4, evalSize=2)
     return doc
 
 
