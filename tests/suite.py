@@ -11,7 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real ``alignops`` command, in a subprocess, as a user types it."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
+            columns: int = 200) -> subprocess.CompletedProcess:
+    """The real ``alignops`` command, in a subprocess, as a user types it (output to a pipe, as to a
+    log file, ``columns`` wide)."""
     return subprocess.run([sys.executable, "-m", "alignops.cli.main", *args], cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {}), "COLUMNS": "200"})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {}), "COLUMNS": str(columns)})

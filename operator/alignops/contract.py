@@ -6,7 +6,9 @@ on, in one place (docs/architecture.md, "The run contract").
   through hidden globals.
 - It ends with an exit code: ``EXIT_OK`` success; ``EXIT_RETRY`` failed, worth a retry;
   ``EXIT_CONFIG`` configuration error, fail at once; ``EXIT_SIGTERM`` stopped by SIGTERM after
-  committing a checkpoint (resume, not a failed attempt).
+  committing a checkpoint (resume, not a failed attempt). Failures come in two classes,
+  ``PermanentError`` (exit 78) and ``TransientError`` (exit 1); ``alignops.workloads.context.exit_code_for``
+  sorts every exception into one of them.
 - It writes its ``StageResult`` (at most ``RESULT_LIMIT`` bytes of JSON) to the path in
   ``RESULT_PATH_ENV``: on a cluster the container's termination-message path, so the operator reads
   it from the pod status and never needs storage credentials. A failed run may name why in the
@@ -47,6 +49,20 @@ DEFAULT_RENDEZVOUS_TIMEOUT = 900  # seconds
 # reasons a failed run may report in its result (the executor's own reasons cover the rest)
 REASON_RENDEZVOUS_TIMEOUT = "RendezvousTimeout"  # not every node joined in time: retried from the last checkpoint
 RUN_REASONS = frozenset({REASON_RENDEZVOUS_TIMEOUT})
+
+
+class PermanentError(Exception):
+    """The run can never succeed as configured or with the input it was given: a path that does not
+    exist (local or S3), an input that cannot be read or is corrupt, text that is not UTF-8, data
+    with nothing to learn, settings that do not go together. Exit ``EXIT_CONFIG`` at once, no retry;
+    the message names the place (``FILE:LINE`` for JSON lines, ``FILE row N`` for tables), the field
+    and the fix."""
+
+
+class TransientError(Exception):
+    """Worth another attempt: the network, an S3 5xx or throttling that outlasted the client's own
+    retries, a node that went away. Exit ``EXIT_RETRY``; the planner retries with backoff from the
+    last checkpoint, up to the stage's backoffLimit."""
 
 
 class _Wire(BaseModel):

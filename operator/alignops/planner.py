@@ -3,12 +3,20 @@ outcome to the new status. The local executor and the operator both use it, so t
 the retry rule and the config resolution exist once.
 
 The exit codes it reads are the run contract's (``alignops.contract``).
+
+Reruns: each started stage keeps the fingerprint of what its result depends on
+(``stage_fingerprint``). ``plan_reruns`` compares it with the spec in hand; a stage whose spec
+changed, and every started stage after it, is reset to run again from its inputs under a new
+storage key (``rerun-<n>``), so no result of an older spec is ever reported under a newer one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Iterable
 
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
@@ -19,6 +27,12 @@ from alignops.storage.layout import stage_prefix
 
 RETRY_BASE_SECONDS = 10
 RETRY_MAX_SECONDS = 600
+
+# hyperparameters that change how a run is watched or stored, never what it computes: a change to
+# them applies to the next run and reruns nothing (a resumed run continues exactly, whatever
+# checkpointEvery). Stage fields outside hyperparameters (resources, backoffLimit, deadlines) are
+# not in the fingerprint at all.
+NON_RESULT_HYPERPARAMETERS = frozenset({"logEvery", "checkpointEvery", "keepCheckpoints", "gpuMemoryUtilization"})
 
 
 def utcnow() -> datetime:
@@ -159,6 +173,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
     namespace = job.metadata.namespace or defaults.namespace
     inputs = Inputs(**{name: _resolve_ref(getattr(stage, name, None), status) for name in info.inputs})
     algorithm = getattr(stage, "algorithm", None) or info.default_algorithm
+    observed = status.stage(stage.name)  # a stage rerun from its inputs has a key of its own
     return StageRunConfig(
         job=JobRef(name=job.name, namespace=namespace, uid=job.metadata.uid),
         stage=stage.name,
@@ -177,7 +192,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
             region=storage.region if storage else None,
             path_style=storage.path_style if storage else False,
         ),
-        stage_key=stage_prefix(namespace, job.name, stage.name),
+        stage_key=stage_prefix(namespace, job.name, stage.name, observed.rerun if observed else 0),
         pipeline=[s.name for s in job.spec.stages],
         distributed=resolve_distributed(stage, role),
     )
@@ -201,6 +216,138 @@ def resolve_distributed(stage, role: str) -> DistributedRun:
 def run_gpus(stage, role: str) -> str:
     """``<nodes>x<GPUs per node>`` of a run of ``stage`` (status and ``kubectl get aj``)."""
     return f"{1 if role == 'rollout' else stage.resources.nodes}x{stage.resources.gpus}"
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _dump(model) -> dict | None:
+    # defaults left out: a field added to the API later does not look like a change
+    return model.model_dump(mode="json", by_alias=True, exclude_defaults=True) if model is not None else None
+
+
+def stage_fingerprint(job: AlignmentJob, status: JobStatus, stage_name: str) -> dict[str, str]:
+    """Hashes, by part, of everything the stage's result depends on: its type and algorithm, the base
+    model, its resolved inputs (an earlier stage's checkpoint URI changes when that stage reruns),
+    its datasets and its hyperparameters less ``NON_RESULT_HYPERPARAMETERS``. Storage, resources,
+    retries and deadlines are left out: they change where and how a run goes, not its result."""
+    stage = job.stage(stage_name)
+    info = STAGE_TYPES[stage.type]
+    hyperparameters = _dump(stage.hyperparameters) or {}
+    for name in NON_RESULT_HYPERPARAMETERS:
+        hyperparameters.pop(name, None)
+    parts = {
+        "method": {"type": stage.type, "algorithm": getattr(stage, "algorithm", None) or info.default_algorithm},
+        "baseModel": _dump(job.spec.model),
+        # the reference as written and the checkpoint it resolves to (fromStage of a stage not run yet is None)
+        "inputs": {name: [_dump(getattr(stage, name, None)), _resolve_ref(getattr(stage, name, None), status)]
+                   for name in info.inputs},
+        "datasets": _dump(stage.datasets),
+        "hyperparameters": hyperparameters,
+    }
+    return {name: _digest(value) for name, value in parts.items()}
+
+
+def fingerprint_changes(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """The parts whose hashes differ. Parts only one side has are not compared (a status written by
+    an older version holds other parts: unknown is not changed)."""
+    return [part for part in current if part in recorded and recorded[part] != current[part]]
+
+
+def config_changes(old: StageRunConfig, new: StageRunConfig, limit: int = 3) -> str:
+    """``hyperparameters.learningRate 0.001 -> 0.01, ...``: what differs between two resolved
+    configs of a stage, in the parts its fingerprint covers (for a rerun's line, where the old
+    config is at hand)."""
+    def flat(value, prefix: str) -> dict[str, object]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}.{key}").items()}
+        return {prefix: value}
+
+    def parts(config: StageRunConfig) -> dict[str, object]:
+        hyperparameters = {k: v for k, v in config.hyperparameters.items() if k not in NON_RESULT_HYPERPARAMETERS}
+        data = config.model_dump(mode="json", include={"type", "algorithm", "base_model", "inputs", "datasets"})
+        return flat({**data, "hyperparameters": hyperparameters}, "")
+
+    before, after = parts(old), parts(new)
+    changed = [f"{key.lstrip('.')} {before.get(key)!r} -> {after.get(key)!r}"
+               for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    return ", ".join(changed[:limit]) + (f" and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """A stage reset to run again from its inputs. ``changed``: its own spec changed (not a rerun
+    asked for, nor one that follows an earlier stage's)."""
+
+    stage: str
+    reason: str
+    changed: bool = False
+
+
+def _has_run(observed: StageStatus) -> bool:
+    """Something of the stage's current spec ran (a reset stage is Pending again)."""
+    return observed.phase != "Pending"
+
+
+def _reset(observed: StageStatus, reason: str) -> StageStatus:
+    # attempts keep counting, so a rerun's Jobs and log files never take an earlier run's names
+    return StageStatus(name=observed.name, attempts=observed.attempts, rerun=observed.rerun + 1,
+                       reason="Rerun", message=reason)
+
+
+def plan_reruns(job: AlignmentJob, status: JobStatus, rerun: Iterable[str] = (),
+                now: datetime | None = None) -> tuple[JobStatus, list[Rerun]]:
+    """The status brought in line with the spec, and the stages reset on the way (one line of why
+    each). One entry per spec stage, in spec order (new stages Pending, removed ones gone); a stage
+    that ran and whose fingerprint changed, or that is named in ``rerun``, and every stage after it
+    that ran, is reset: no phase, checkpoint or metrics of the old spec stay, and its next run
+    starts from its inputs under a new storage key while the old checkpoints stay where they are.
+    A finished job with a stage left to run is Running again. Both executors call this before they
+    plan a run: ``alignops run`` each time it starts, the operator on every reconcile."""
+    now = now or utcnow()
+    status = reconcile_stage_list(job, status)
+    asked = set(rerun)
+    reruns: list[Rerun] = []
+    cause: str | None = None
+    for index, stage in enumerate(job.spec.stages):
+        observed = status.stages[index]
+        if not _has_run(observed):
+            continue
+        if cause is not None:
+            reruns.append(Rerun(stage.name, f"stage {stage.name} reruns: stage {cause} before it reruns"))
+        elif stage.name in asked:
+            reruns.append(Rerun(stage.name, f"stage {stage.name} reruns from its inputs: a rerun was asked for"))
+        else:
+            changed = fingerprint_changes(observed.spec_fingerprint, stage_fingerprint(job, status, stage.name))
+            if not changed:
+                continue
+            reruns.append(Rerun(stage.name, f"stage {stage.name} reruns from its inputs: its {' and '.join(changed)} "
+                                            "changed since it ran", changed=True))
+        status.stages[index] = _reset(observed, reruns[-1].reason)
+        cause = cause or stage.name
+    _reopen(job, status, reruns, now)
+    return status, reruns
+
+
+def _reopen(job: AlignmentJob, status: JobStatus, reruns: list[Rerun], now: datetime) -> None:
+    """A Succeeded job with a stage left to run (added or reset), or a Failed one whose failed
+    stage was reset, runs again; the Progressing condition says why."""
+    status.output_model = output_model(job, status)
+    failed = status.condition("Failed")
+    if status.phase == "Failed" and (any(s.phase == "Failed" for s in status.stages)
+                                     or (failed is not None and failed.reason == "InvalidSpec")):
+        return  # still failed (InvalidSpec: the operator revives a corrected spec itself)
+    left = [s.name for s in status.stages if s.phase != "Succeeded"]
+    if status.phase in ("Succeeded", "Failed") and left:
+        status.phase, status.completion_time = "Running", None
+        status.conditions = [c for c in status.conditions if c.type not in ("Succeeded", "Failed")]
+        if not reruns:
+            set_condition(status, "Progressing", True, "StagesAdded", f"stages to run: {', '.join(left)}", now,
+                          job.metadata.generation)
+    if reruns:
+        set_condition(status, "Progressing", True, "SpecChanged", "; ".join(r.reason for r in reruns), now,
+                      job.metadata.generation)
 
 
 def retry_failed(status: JobStatus) -> JobStatus:
@@ -247,6 +394,7 @@ def mark_started(job: AlignmentJob, status: JobStatus, stage_name: str, now: dat
     observed.job_name = job_name
     observed.start_time = observed.start_time or rfc3339(now)
     stage = job.stage(stage_name)
+    observed.spec_fingerprint = stage_fingerprint(job, status, stage_name)
     position = split_position(stage, observed)
     if position is not None:
         observed.round, observed.role = position

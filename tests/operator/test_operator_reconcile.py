@@ -109,7 +109,7 @@ def test_a_new_job_starts_its_first_stage(settings):
     assert doc["status"]["phase"] == "Running"
     assert doc["status"]["observedGeneration"] == 1
     assert stage(doc)["attempts"] == 1 and stage(doc)["jobName"] == "demo-sft-a1"
-    assert set(stage(doc)["specFingerprint"]) == {"model", "storage", "stage"}
+    assert set(stage(doc)["specFingerprint"]) == {"method", "baseModel", "inputs", "datasets", "hyperparameters"}
     assert cond(doc, "Progressing")["reason"] == "StageStarting"
     assert [(e.reason, e.type) for e in result.events] == [("StageStarted", "Normal")]
     assert [(o.kind, o.stage) for o in result.observations] == [("attempt", "sft")]
@@ -441,47 +441,120 @@ def test_a_corrected_spec_revives_an_invalid_job(settings):
     assert doc["status"]["phase"] == "Running" and not any(c["type"] == "Failed" for c in doc["status"]["conditions"])
 
 
-def test_changing_a_started_stage_is_refused_until_reverted(settings):
+def test_changing_a_started_stage_reruns_it_from_its_inputs_under_a_new_key(settings):
     doc = started(settings, job_manifest(stages=[stage_manifest("sft", "sft", backoffLimit=1)]))
     pod = pod_obj("demo-sft-a1", phase="Failed", state=terminated(1))
     observed = Observed(jobs=(job_obj("demo-sft-a1", conditions=failed_condition()),), pods=(pod,))
     step(doc, observed, settings, 10)  # attempt 1 failed: retry after 10 s
-    original = copy.deepcopy(doc["spec"])
     doc["spec"]["stages"][0]["hyperparameters"] = {"learningRate": 0.5}
     doc["metadata"]["generation"] = 2
-    refused = step(doc, observed, settings, 30)
-    progressing = cond(doc, "Progressing")
-    assert (progressing["status"], progressing["reason"]) == ("False", "SpecChangeRefused")
-    assert progressing["message"].startswith("spec.stages[0] (sft) changed after stage sft started")
-    assert not any(isinstance(a, CreateRun) for a in refused.actions)
-    assert doc["status"]["observedGeneration"] == 1
-    assert ("Warning", "SpecChangeRefused") in [(e.type, e.reason) for e in refused.events]
-    doc["spec"] = original
-    doc["metadata"]["generation"] = 3
-    reverted = step(doc, observed, settings, 31)
-    assert [a.name for a in reverted.actions if isinstance(a, CreateRun)] == ["demo-sft-a2"]
-    assert doc["status"]["observedGeneration"] == 3
+    changed = step(doc, observed, settings, 12)  # no backoff: the old attempts were for another spec
+    assert doc["status"]["observedGeneration"] == 2
+    create = next(a for a in changed.actions if isinstance(a, CreateRun))
+    config = json.loads(create.configmap["data"]["config.json"])
+    # a new Job name (attempts keep counting) and a new key: nothing of the old spec is resumed
+    assert create.name == "demo-sft-a2" and config["stage_key"] == "ml-team/demo/sft/rerun-1"
+    assert config["hyperparameters"]["learningRate"] == 0.5
+    assert (stage(doc)["rerun"], stage(doc)["failures"], stage(doc)["phase"]) == (1, 0, "Running")
+    rerun = next(e for e in changed.events if e.reason == "StageRerun")
+    assert rerun.message == "stage sft reruns from its inputs: its hyperparameters changed since it ran"
+    again = step(doc, Observed(jobs=observed.jobs + (job_obj("demo-sft-a2", attempt=2),), pods=(pod,)), settings, 13)
+    assert again.status is None and again.actions == []  # level-based: recorded once, nothing more to do
+
+
+def test_a_change_to_a_running_stage_stops_its_run_and_starts_the_new_one_after(settings):
+    doc = started(settings)
+    alive = pod_obj("demo-sft-a1", state={"running": {"startedAt": ts(5)}})
+    running = Observed(jobs=(job_obj("demo-sft-a1"),), pods=(alive,))
+    step(doc, running, settings, 10)
+    doc["spec"]["model"]["architecture"]["layers"] = 3
+    doc["metadata"]["generation"] = 2
+    changed = step(doc, running, settings, 20)
+    assert [(a.name, a.reason) for a in changed.actions if isinstance(a, DeleteRun)] == [("demo-sft-a1", "Superseded")]
+    assert not any(isinstance(a, CreateRun) for a in changed.actions)  # two runs of a stage never overlap
+    assert cond(doc, "Progressing")["reason"] == "WaitingForPreviousRun"
+    assert "baseModel changed" in stage(doc)["message"]
+    # the old pod ends (exit 143 after its checkpoint): its outcome is of the old spec, never recorded
+    stopped = pod_obj("demo-sft-a1", phase="Failed", state=terminated(143, "Error", {"checkpointUri": "s3://old", "metrics": {"loss": 9.0}}))
+    after = step(doc, Observed(jobs=(job_obj("demo-sft-a1", deleting=True),), pods=(stopped,)), settings, 30)
+    assert [a.name for a in after.actions if isinstance(a, CreateRun)] == ["demo-sft-a2"]
+    assert stage(doc)["metrics"] == {} and stage(doc).get("checkpointUri") is None
+
+
+def test_a_finished_job_reruns_a_changed_stage_and_the_stages_after_it(settings):
+    doc = started(settings, job_manifest(stages=[stage_manifest("sft", "sft"),
+                                                 stage_manifest("sft", "polish", policy={"fromStage": "sft"})]))
+    jobs, pods = [], []
+    for name, seconds in (("sft", 10), ("polish", 20)):
+        jobs.append(job_obj(f"demo-{name}-a1", stage=name, conditions=[{"type": "Complete", "status": "True"}]))
+        pods.append(pod_obj(f"demo-{name}-a1", stage=name, phase="Succeeded",
+                            state=terminated(0, "Completed", {"checkpointUri": f"s3://b/{name}/checkpoint-4", "metrics": {"loss": 1.0}})))
+        step(doc, Observed(jobs=tuple(jobs), pods=tuple(pods)), settings, seconds)
+    assert doc["status"]["phase"] == "Succeeded"
+    doc["spec"]["stages"][0]["hyperparameters"] = {"learningRate": 0.01}
+    doc["metadata"]["generation"] = 2
+    result = step(doc, Observed(jobs=tuple(jobs), pods=tuple(pods)), settings, 30)
+    assert doc["status"]["phase"] == "Running" and "completionTime" not in doc["status"]
+    assert not any(c["type"] == "Succeeded" for c in doc["status"]["conditions"])
+    assert doc["status"].get("outputModel") is None  # no result of the old spec is reported
+    assert (stage(doc, "polish")["phase"], stage(doc, "polish")["metrics"]) == ("Pending", {})
+    assert [a.name for a in result.actions if isinstance(a, CreateRun)] == ["demo-sft-a2"]
+    assert [e.message for e in result.events if e.reason == "StageRerun"] == [
+        "stage sft reruns from its inputs: its hyperparameters changed since it ran",
+        "stage polish reruns: stage sft before it reruns"]
+
+
+def test_a_stage_added_to_a_finished_job_runs(settings):
+    doc = started(settings)
+    job = job_obj("demo-sft-a1", conditions=[{"type": "Complete", "status": "True"}])
+    pod = pod_obj("demo-sft-a1", phase="Succeeded", state=terminated(0, "Completed", {"checkpointUri": "s3://b/sft/checkpoint-4", "metrics": {}}))
+    step(doc, Observed(jobs=(job,), pods=(pod,)), settings, 10)
+    assert doc["status"]["phase"] == "Succeeded"
+    doc["spec"]["stages"].append(stage_manifest("sft", "more", policy={"fromStage": "sft"}))
+    doc["metadata"]["generation"] = 2
+    result = step(doc, Observed(jobs=(job,), pods=(pod,)), settings, 20)
+    assert doc["status"]["phase"] == "Running" and stage(doc)["phase"] == "Succeeded"  # sft is not rerun
+    create = next(a for a in result.actions if isinstance(a, CreateRun))
+    assert create.name == "demo-more-a1"
+    assert json.loads(create.configmap["data"]["config.json"])["inputs"]["policy"] == "s3://b/sft/checkpoint-4"
 
 
 def test_safe_changes_apply_to_the_next_attempt_and_new_stages(settings):
     doc = started(settings)
     doc["spec"]["stages"][0]["resources"] = {"cpu": "4"}
+    doc["spec"]["stages"][0]["hyperparameters"] = {"logEvery": 1, "keepCheckpoints": 5}  # no result depends on them
     doc["spec"]["stages"].append(stage_manifest("sft", "more", policy={"fromStage": "sft"}))
     doc["metadata"]["generation"] = 2
-    step(doc, Observed(jobs=(job_obj("demo-sft-a1"),)), settings, 5)
+    result = step(doc, Observed(jobs=(job_obj("demo-sft-a1"),)), settings, 5)
     assert doc["status"]["observedGeneration"] == 2
     assert [s["name"] for s in doc["status"]["stages"]] == ["sft", "more"]
-    # applied, not refused: the running stage shows its own progress (its Job exists, no pod yet)
+    assert stage(doc)["rerun"] == 0 and not any(isinstance(a, DeleteRun) for a in result.actions)
+    # applied: the running stage shows its own progress (its Job exists, no pod yet)
     assert (cond(doc, "Progressing")["status"], cond(doc, "Progressing")["reason"]) == ("True", "StageStarting")
 
 
-def test_inserting_a_stage_before_a_started_one_is_refused(settings):
+def test_a_stage_inserted_before_a_started_one_runs_and_reruns_what_takes_its_output(settings):
     doc = started(settings)
     doc["spec"]["stages"].insert(0, stage_manifest("sft", "warmup"))
     doc["metadata"]["generation"] = 2
-    step(doc, Observed(jobs=(job_obj("demo-sft-a1"),)), settings, 5)
-    assert cond(doc, "Progressing")["reason"] == "SpecChangeRefused"
-    assert "spec.stages[1] (sft)" in cond(doc, "Progressing")["message"]
+    untouched = step(doc, Observed(jobs=(job_obj("demo-sft-a1"),)), settings, 5)
+    assert [s["name"] for s in doc["status"]["stages"]] == ["warmup", "sft"]
+    assert stage(doc)["phase"] == "Running" and untouched.actions == []  # sft does not read warmup's output
+    doc["spec"]["stages"][1]["policy"] = {"fromStage": "warmup"}
+    doc["metadata"]["generation"] = 3
+    moved = step(doc, Observed(jobs=(job_obj("demo-sft-a1"),)), settings, 6)
+    assert [(a.name, a.reason) for a in moved.actions if isinstance(a, DeleteRun)] == [("demo-sft-a1", "Superseded")]
+    assert stage(doc)["phase"] == "Pending" and "its inputs changed" in stage(doc)["message"]
+
+
+def test_removing_a_running_stage_deletes_its_job(settings):
+    doc = started(settings, job_manifest(stages=[stage_manifest("sft", "sft"), stage_manifest("sft", "other")]))
+    running = Observed(jobs=(job_obj("demo-sft-a1"),), pods=(pod_obj("demo-sft-a1", state={"running": {}}),))
+    doc["spec"]["stages"] = [doc["spec"]["stages"][1]]
+    doc["metadata"]["generation"] = 2
+    result = step(doc, running, settings, 5)
+    assert [(a.name, a.reason) for a in result.actions if isinstance(a, DeleteRun)] == [("demo-sft-a1", "Superseded")]
+    assert [s["name"] for s in doc["status"]["stages"]] == ["other"]
 
 
 def test_the_retry_annotation_retries_a_failed_job_once_per_value(settings):
@@ -527,19 +600,6 @@ def test_pod_outcome_reads_the_result_json_and_signals():
     plain = pod_outcome(pod_obj("j", phase="Failed", state=terminated(2, "Error", "Traceback: boom")))
     assert plain.message == "Traceback: boom"  # not JSON: the message itself
     assert pod_outcome(pod_obj("j", phase="Running", state={"running": {}})) is None
-
-
-def test_a_refused_change_on_a_running_stage_settles(settings):
-    doc = started(settings)
-    running = Observed(jobs=(job_obj("demo-sft-a1"),), pods=(pod_obj("demo-sft-a1", state={"running": {"startedAt": ts(5)}}),))
-    step(doc, running, settings, 10)
-    doc["spec"]["model"]["architecture"]["layers"] = 3
-    doc["metadata"]["generation"] = 2
-    step(doc, running, settings, 20)
-    assert cond(doc, "Progressing")["reason"] == "SpecChangeRefused"
-    assert "spec.model changed after stage sft started" in cond(doc, "Progressing")["message"]
-    again = step(doc, running, settings, 30)
-    assert again.status is None and again.events == []
 
 
 def test_ttl_also_deletes_a_job_that_failed_as_invalid(settings):

@@ -139,3 +139,73 @@ def test_a_manifest_that_is_not_utf8_is_unreadable_exit_2(tmp_path):
         assert done.returncode == 2, (command, done.stdout + done.stderr)
         assert "latin1.yaml:3: not UTF-8 text (byte 0xe9)" in done.stdout + done.stderr
         assert "Traceback" not in done.stderr
+
+
+# -- nothing to learn, every stage type -------------------------------------------------------------
+
+def _pairs(tmp_path, records) -> str:
+    return _write(tmp_path / "pairs.jsonl", records)
+
+
+@pytest.mark.parametrize("stage_type, algorithm", [("preference", "dpo"), ("reward", None), ("rank", None)])
+def test_comparisons_whose_responses_do_not_differ_are_an_error_not_loss_constant(stage_run, tmp_path, stage_type, algorithm):
+    # identical responses, and responses that only differ after maxLength: equal scores, zero gradient
+    long = "1+2+3+4+5+6+7+8+9="
+    records = [{"prompt": "1+2=", "chosen": "3", "rejected": "3"}, {"prompt": long, "chosen": "45", "rejected": "44"}] * 2
+    if stage_type == "rank":
+        records = [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]], "ranking": [0, 1]} for r in records]
+    stage = {"name": "s", "type": stage_type, "datasets": {"train": {"uri": _pairs(tmp_path, records)}},
+             "hyperparameters": {"maxSteps": 1, "maxLength": 8, "evalSize": 2}}
+    if algorithm:
+        stage["algorithm"] = algorithm
+    code, result = stage_run(stage, tmp_path / "store")
+    assert code == EXIT_CONFIG
+    assert f"{tmp_path / 'pairs.jsonl'}: nothing to learn" in result["message"]
+    assert "responses are equal once cut to maxLength 8" in result["message"]
+    assert "raise hyperparameters.maxLength" in result["message"]
+    assert latest_checkpoint(open_store(f"file://{tmp_path / 'store'}"), "default/tiny/s") is None
+
+
+def test_some_comparisons_without_a_difference_are_skipped_and_counted(stage_run, tmp_path, capfd):
+    records = [{"prompt": "1+2=", "chosen": "3", "rejected": "4"}] * 3 + [{"prompt": "1+2=", "chosen": "3", "rejected": "3"}]
+    stage = {"name": "dpo", "type": "preference", "datasets": {"train": {"uri": _pairs(tmp_path, records)}},
+             "hyperparameters": {"maxSteps": 1, "batchSize": 2, "evalSize": 2}}
+    code, result = stage_run(stage, tmp_path / "store")
+    assert code == 0, result
+    assert result["metrics"]["droppedExamples"] == 1.0
+    assert "1 of 4 items have no response token, or responses that differ, within maxLength 64" in capfd.readouterr().err
+
+
+def test_kto_with_every_completion_empty_is_an_error(stage_run, tmp_path):
+    uri = _write(tmp_path / "unpaired.jsonl", [{"prompt": "1+2=", "completion": "", "label": k % 2 == 0} for k in range(4)])
+    stage = {"name": "kto", "type": "preference", "algorithm": "kto", "datasets": {"train": {"uri": uri, "format": "unpaired"}},
+             "hyperparameters": {"maxSteps": 1, "evalSize": 2}}
+    code, result = stage_run(stage, tmp_path / "store")
+    assert code == EXIT_CONFIG and "unpaired.jsonl: every completion is empty" in result["message"]
+
+
+def test_rl_prompts_without_the_answer_a_verifier_needs_name_the_line_before_any_sampling(stage_run, tmp_path):
+    uri = _write(tmp_path / "prompts.jsonl", [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2="}])
+    stage = {"name": "rl", "type": "rl", "datasets": {"train": {"uri": uri}},
+             "hyperparameters": {"rounds": 1, "promptsPerRound": 2, "samplesPerPrompt": 2, "maxNewTokens": 4, "evalSize": 2}}
+    code, result = stage_run(stage, tmp_path / "store")
+    assert code == EXIT_CONFIG
+    assert f"{tmp_path / 'prompts.jsonl'}:2: field `answer` is missing: the verifier rewards (exact_answer" in result["message"]
+
+
+def test_an_empty_dataset_is_an_error(stage_run, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    code, result = stage_run(_sft(f"file://{tmp_path / 'empty.jsonl'}"), tmp_path / "store")
+    assert code == EXIT_CONFIG and f"file://{tmp_path / 'empty.jsonl'} has no records" in result["message"]
+
+
+def test_a_corrupt_checkpoint_of_the_stage_itself_fails_at_once_naming_it(stage_run, tmp_path):
+    data = _write(tmp_path / "train.jsonl", [GOOD] * 4)
+    code, first = stage_run(_sft(data), tmp_path / "store")
+    assert code == 0
+    weights = type(tmp_path)(first["checkpointUri"].removeprefix("file://")) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0" * 4)
+    code, result = stage_run(_sft(data, maxSteps=4), tmp_path / "store")  # resumes from the damaged one
+    assert code == EXIT_CONFIG
+    assert f"corrupt checkpoint: {first['checkpointUri']}/model.safetensors: content differs from its manifest" in result["message"]
+    assert "delete it to resume from the checkpoint before it" in result["message"]

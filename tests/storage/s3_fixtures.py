@@ -107,6 +107,10 @@ def isolated_aws_env(endpoint: str, key_id: str | None = DUMMY_KEY_ID, secret: s
 
 
 def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str | None]) -> dict[str, str]:
+    import boto3
+
+    # boto3's default session keeps the region and credentials it first saw: start a fresh one
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     for name, value in env.items():
         if value is None:
             monkeypatch.delenv(name, raising=False)

@@ -57,9 +57,14 @@ class StageStatus(StatusModel):
         description="Summary numbers: final loss, accuracyBefore/After, rewardFirst/Last, ...",
     )
     spec_fingerprint: dict[str, Annotated[str, StringConstraints(max_length=64)]] = Field(
-        default_factory=dict, max_length=4,
-        description="Hashes of spec.model, spec.storage and the stage's own training fields when its first attempt started "
-        "(cluster only): a later change to them is refused with reason SpecChangeRefused.",
+        default_factory=dict, max_length=8,
+        description="Hashes, by part (method, baseModel, inputs, datasets, hyperparameters), of what the stage's result "
+        "depends on, taken when its current run started; a spec whose hashes differ reruns the stage from its inputs.",
+    )
+    rerun: int = Field(
+        0, ge=0, le=10_000,
+        description="How often the stage was rerun from its inputs (its spec changed, or a rerun was asked for); "
+        "from the first rerun on its checkpoints go under <stage>/rerun-<n>/.",
     )
 
 

@@ -5,6 +5,7 @@ checks for ``kubectl apply``."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from alignops.api.stages import STAGE_TYPES
 
 
 OBJECT_SIZE_LIMIT = 1_572_864  # etcd's default request size limit, which bounds every object
+# the API server's ObjectMeta rules (k8s.io/apimachinery validation): label values and key names are
+# "qualified names" of at most 63 characters, key prefixes DNS-1123 subdomains of at most 253, all
+# annotations together at most 256 KiB, a namespace a DNS-1123 label
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ANNOTATIONS_SIZE_LIMIT = 262_144
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,47 @@ def semantic_errors(job: AlignmentJob) -> list[FieldError]:
     return errors
 
 
+def _key_errors(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not DNS_1123_SUBDOMAIN.match(prefix)):
+        return f"the key's prefix {prefix!r} must be a DNS subdomain of at most 253 characters (e.g. example.com)"
+    if len(name) > 63 or not QUALIFIED_NAME.match(name):
+        return ("the key's name must be at most 63 characters: letters, digits, '-', '_' and '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def metadata_errors(document: dict) -> list[FieldError]:
+    """What the API server refuses in ``metadata`` before any schema sees the object: namespace,
+    label keys and values, annotation keys and their total size (the CRD cannot express these)."""
+    meta = document.get("metadata")
+    if not isinstance(meta, dict):
+        return []
+    errors: list[FieldError] = []
+    namespace = meta.get("namespace")
+    if isinstance(namespace, str) and len(namespace) <= 63 and not DNS_1123_LABEL.match(namespace):  # longer: the schema says so
+        errors.append(FieldError("metadata.namespace", f"{namespace[:70]!r} must be a DNS-1123 label: at most 63 "
+                                                        "lowercase letters, digits and '-', starting and ending with a letter or digit"))
+    for kind in ("labels", "annotations"):
+        values = meta.get(kind)
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            path = f"metadata.{kind}[{str(key)[:70]!r}]"
+            problem = _key_errors(str(key))
+            if problem:
+                errors.append(FieldError(path, problem))
+            if kind == "labels" and isinstance(value, str) and value and (len(value) > 63 or not QUALIFIED_NAME.match(value)):
+                errors.append(FieldError(path, f"a label value must be at most 63 characters (this one has {len(value)}): "
+                                               "letters, digits, '-', '_' and '.', starting and ending with a letter or digit"))
+        if kind == "annotations":
+            size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in values.items())
+            if size > ANNOTATIONS_SIZE_LIMIT:
+                errors.append(FieldError("metadata.annotations", f"the annotations hold {size} bytes; the API server "
+                                                                  f"allows at most {ANNOTATIONS_SIZE_LIMIT} (256 KiB) in all"))
+    return errors
+
+
 def parse_job(document: Any) -> AlignmentJob:
     """An AlignmentJob from a manifest dict; raises InvalidManifest listing every error."""
     if not isinstance(document, dict):
@@ -111,11 +160,12 @@ def parse_job(document: Any) -> AlignmentJob:
     if size > OBJECT_SIZE_LIMIT:
         raise InvalidManifest([FieldError("", f"the manifest is {size} bytes as JSON; the API server stores at most "
                                               f"{OBJECT_SIZE_LIMIT} bytes (1.5 MiB) per object: keep datasets in storage, not inline")])
+    limits = metadata_errors(document)
     try:
         job = AlignmentJob.model_validate(document)
     except ValidationError as exc:
-        raise InvalidManifest(_pydantic_errors(exc)) from None
-    errors = semantic_errors(job)
+        raise InvalidManifest(limits + _pydantic_errors(exc)) from None
+    errors = limits + semantic_errors(job)
     if errors:
         raise InvalidManifest(errors)
     return job

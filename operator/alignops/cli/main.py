@@ -10,13 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from alignops.api.validation import InvalidManifest, UnreadableManifest, parse_job, read_manifest_text
+from alignops.cli.codes import EXIT_INVALID, EXIT_UNREADABLE, RUN_EXIT_CODES, VALIDATE_EXIT_CODES, exit_code_help
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
+                  epilog=exit_code_help("validate", VALIDATE_EXIT_CODES) + "\n\n" + exit_code_help("run", RUN_EXIT_CODES))
 console = Console()
-errors = Console(stderr=True)
-
-EXIT_INVALID = 1
-EXIT_UNREADABLE = 2
+errors = Console(stderr=True, soft_wrap=True)  # an error stays one line, in a terminal as in a log file
 
 
 def _documents(path: Path) -> list:
@@ -27,9 +26,9 @@ def _documents(path: Path) -> list:
         raise UnreadableManifest(f"{path} is not valid YAML: {exc}") from None
 
 
-@app.command()
+@app.command(epilog=exit_code_help("validate", VALIDATE_EXIT_CODES))
 def validate(files: list[Path] = typer.Argument(..., help="AlignmentJob manifests (YAML).")) -> None:
-    """Check manifests: exit 0 valid, 1 invalid (every error names its field), 2 unreadable."""
+    """Check manifests as the API server would: exit 0 valid, 1 invalid (every error names its field), 2 unreadable."""
     code = 0
     for path in files:
         try:
@@ -39,7 +38,7 @@ def validate(files: list[Path] = typer.Argument(..., help="AlignmentJob manifest
             code = max(code, EXIT_UNREADABLE)
             continue
         if not documents:
-            errors.print(f"[red]{path}[/]: no manifest in the file")
+            errors.print(f"[red]{escape(str(path))}[/]: no manifest in the file")
             code = max(code, EXIT_INVALID)
         for document in documents:
             try:
@@ -49,8 +48,8 @@ def validate(files: list[Path] = typer.Argument(..., help="AlignmentJob manifest
                     errors.print(f"[red]{escape(str(path))}[/]: {escape(str(error))}", highlight=False)
                 code = max(code, EXIT_INVALID)
             else:
-                console.print(f"{path}: AlignmentJob {job.name} is valid ({len(job.spec.stages)} stages: "
-                              + " -> ".join(f"{s.name}({s.type})" for s in job.spec.stages) + ")", highlight=False)
+                console.print(escape(f"{path}: AlignmentJob {job.name} is valid ({len(job.spec.stages)} stages: "
+                                     + " -> ".join(f"{s.name}({s.type})" for s in job.spec.stages) + ")"), highlight=False)
     raise typer.Exit(code)
 
 
@@ -62,14 +61,18 @@ def crd() -> None:
     typer.echo(render_crd(), nl=False)
 
 
-@app.command()
+@app.command(epilog=exit_code_help("run", RUN_EXIT_CODES))
 def run(
     file: Path = typer.Argument(..., help="AlignmentJob manifest."),
     workdir: Path = typer.Option(Path("runs"), "--workdir", "-w", help="Where status, logs, metrics and (by default) checkpoints go."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try a failed stage again from its last checkpoint."),
-    set_values: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set stages.sft.hyperparameters.maxSteps=20."),
+    set_values: list[str] = typer.Option([], "--set", help="Override a field, e.g. --set stages.sft.hyperparameters.maxSteps=20; "
+                                         "stages.*.… sets it in every stage whose type has the field."),
+    rerun: list[str] = typer.Option([], "--rerun", help="Run this stage (and every stage after it) again from its inputs (repeatable)."),
+    no_rerun_changed: bool = typer.Option(False, "--no-rerun-changed", help="Refuse (exit 3) instead of rerunning stages whose spec changed since they ran."),
 ) -> None:
-    """Run the pipeline on this machine, stage after stage; rerun the same command to resume."""
+    """Run the pipeline on this machine, stage after stage; the same command resumes. A stage whose
+    spec changed since it ran, and every stage after it, runs again from its inputs."""
     from alignops.cli.overrides import apply_overrides
     from alignops.cli.progress import run_with_progress
 
@@ -77,7 +80,8 @@ def run(
         documents = _documents(file)
         if len(documents) != 1:
             raise InvalidManifest([])  # handled below
-        job = parse_job(apply_overrides(documents[0], set_values))
+        document, notes = apply_overrides(documents[0], set_values)
+        job = parse_job(document)
     except UnreadableManifest as exc:
         errors.print(f"[red]error[/]: {escape(str(exc))}")
         raise typer.Exit(EXIT_UNREADABLE) from None
@@ -88,7 +92,15 @@ def run(
     except ValueError as exc:
         errors.print(f"[red]--set[/]: {escape(str(exc))}")
         raise typer.Exit(EXIT_INVALID) from None
-    raise typer.Exit(run_with_progress(job, workdir, retry_failed, console))
+    for note in notes:
+        console.print(escape(note), highlight=False)
+    unknown = [name for name in rerun if job.stage(name) is None]
+    if unknown:
+        errors.print(escape(f"--rerun {unknown[0]}: no stage named {unknown[0]!r}; the stages are "
+                            + ", ".join(s.name for s in job.spec.stages)), highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+    raise typer.Exit(run_with_progress(job, workdir, console, errors, retry_failed=retry_failed,
+                                       rerun=tuple(rerun), refuse_changed=no_rerun_changed))
 
 
 @app.command()
@@ -99,8 +111,12 @@ def plot(
     """Plot loss, reward and accuracy of every stage of a local run as a PNG."""
     from alignops.cli.plot import plot_job
 
-    path = plot_job(job_dir, output)
-    console.print(f"wrote {path}")
+    try:
+        path = plot_job(job_dir, output)
+    except OSError as exc:  # no metrics there, or the PNG cannot be written: one line, not a traceback
+        errors.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    console.print(escape(f"wrote {path}"), highlight=False)
 
 
 @app.command()

@@ -3,8 +3,15 @@
 Level-based and pure: from an AlignmentJob (spec, status, annotations) and what exists of its
 children (Jobs and Pods found by label, plus what the executor knows of its own recent writes), it
 returns the new status and the actions that bring the cluster to it. The shared planner decides
-stage order, retries and config resolution (``next_action``, ``mark_started``, ``record_outcome``,
-``resolve_run``); this module only maps Kubernetes objects to the planner's inputs and back.
+stage order, retries, reruns after a spec change and config resolution (``plan_reruns``,
+``next_action``, ``mark_started``, ``record_outcome``, ``resolve_run``); this module only maps
+Kubernetes objects to the planner's inputs and back.
+
+A spec change is level-based like everything else: every reconcile asks ``plan_reruns`` whether a
+stage's recorded fingerprint still matches the spec. A stage that no longer does (and every stage
+after it) is reset in the status; its running Job, no longer any stage's current run, is deleted as
+superseded (its pod gets SIGTERM and commits to the old spec's key), and once that pod is gone the
+stage starts again from its inputs under its ``rerun-<n>`` key.
 
 Protocol with the executor (``alignops.operator.executor``): the status is written first, with the
 object's resourceVersion as a precondition, and the actions run only if that write succeeded. A
@@ -38,7 +45,7 @@ from alignops.api.job import AlignmentJob
 from alignops.api.status import JobStatus, StageStatus
 from alignops.api.validation import FieldError, InvalidManifest, parse_job
 from alignops.contract import StageRunConfig
-from alignops.operator.admission import cluster_errors, refused_changes, spec_fingerprint
+from alignops.operator.admission import cluster_errors
 from alignops.operator.builders import build_run_configmap, build_run_service, build_stage_job
 from alignops.operator.names import KUEUE_QUEUE_LABEL, RETRY_ANNOTATION, child_name
 from alignops.operator.observe import (
@@ -64,7 +71,7 @@ from alignops.planner import (
     mark_started,
     next_action,
     parse_time,
-    reconcile_stage_list,
+    plan_reruns,
     record_outcome,
     resolve_run,
     retry_failed,
@@ -76,7 +83,7 @@ Obj = dict[str, Any]
 FINAL = ("Succeeded", "Failed")
 # Progressing=False reasons that get a Warning event when they appear
 PROBLEMS = frozenset({"Unschedulable", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-                      "CreateContainerError", "RunContainerError", "CreateFailed", "SpecChangeRefused", "InvalidSpec"})
+                      "CreateContainerError", "RunContainerError", "CreateFailed", "InvalidSpec"})
 CREATE_RETRY_SECONDS = 10.0
 POD_STATUS_WAIT_SECONDS = 2.0
 PREVIOUS_RUN_WAIT_SECONDS = 5.0
@@ -295,32 +302,42 @@ def _reconcile_valid(job: AlignmentJob, old: JobStatus, observed: Observed, sett
                           f"{RETRY_ANNOTATION}={token}: the failed stage runs again from its last checkpoint", now, generation)
             result.events.append(Event("Normal", "RetryRequested", f"annotation {RETRY_ANNOTATION}={token!r}: retrying the failed stage"))
 
+    # the spec in hand decides: changed stages (and those after them) rerun, added ones run
+    status, _ = plan_reruns(job, status, now=now)
+    status.observed_generation = generation
+    _supersede(job, status, observed, result)
+
     if status.phase in FINAL:
         _cleanup(job, status, observed, settings, result)
         _expire(job.spec.ttl_seconds_after_finished, status, now, result)
         return status
 
-    problems = refused_changes(job, status)
-    if not problems:
-        status = reconcile_stage_list(job, status)
-        status.observed_generation = generation
-
     for observed_stage in list(status.stages):
-        if job.stage(observed_stage.name) is not None and is_current(job.name, observed_stage):
+        if is_current(job.name, observed_stage):
             status = _observe_run(job, status, observed_stage.name, observed, settings, now, result)
 
     if job.spec.suspend:
         _suspend(job, status, now, result)
-    elif not problems and not any(is_current(job.name, s) for s in status.stages):
+    elif not any(is_current(job.name, s) for s in status.stages):
         status = _start_next(job, status, observed, settings, now, result)
-    if problems and status.phase not in FINAL:
-        # shown over the running stage's progress: the user has to act
-        set_condition(status, "Progressing", False, "SpecChangeRefused",
-                      "; ".join(problems) + "; revert the change, or create a new AlignmentJob", now, generation)
 
     _cleanup(job, status, observed, settings, result)
     _expire(job.spec.ttl_seconds_after_finished, status, now, result)
     return status
+
+
+def _supersede(job: AlignmentJob, status: JobStatus, observed: Observed, result: Reconciliation) -> None:
+    """Delete the Jobs still running that are no stage's current run: a stage reset for a rerun, or
+    removed from the spec. A Job whose pod has finished is left alone (its outcome was read, or
+    it is kept for ``kubectl logs``)."""
+    current = {s.job_name for s in status.stages if is_current(job.name, s)}
+    for child in observed.jobs:
+        if not child.stage or child.name in current or child.finished or child.deleting:
+            continue
+        pods = [p for p in observed.pods if p.job == child.name]
+        if pods and not any(p.alive for p in pods):
+            continue
+        result.actions.append(DeleteRun(child.name, child.stage, "Superseded"))
 
 
 def _create_run(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, name: str) -> CreateRun:
@@ -611,8 +628,6 @@ def _start_next(job: AlignmentJob, status: JobStatus, observed: Observed, settin
     name = child_name(config.job.name, config.stage, config.attempt, config.round, config.role, config.distributed.nodes)
     status = mark_started(job, status, config.stage, now, job_name=name)
     started = status.stage(config.stage)
-    if not started.spec_fingerprint:
-        started.spec_fingerprint = spec_fingerprint(job, config.stage)
     if not any(j.name == name for j in observed.jobs):
         result.actions.append(_create_run(job, config, settings, name))
     set_condition(status, "Progressing", True, "StageStarting", f"{_run_label(started)}: starting (Job {name})", now, generation)
@@ -655,6 +670,8 @@ def transition_events(old: JobStatus, new: JobStatus) -> list[Event]:
     events: list[Event] = []
     for prev, stage in _stage_changes(old, new):
         label = _run_label(stage)
+        if stage.rerun > prev.rerun:
+            events.append(Event("Normal", "StageRerun", stage.message or f"stage {stage.name} reruns from its inputs"))
         if stage.attempts > prev.attempts:
             events.append(Event("Normal", "StageStarted", f"{label} started: Job {stage.job_name}"))
         if stage.failures > prev.failures:

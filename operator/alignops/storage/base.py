@@ -17,11 +17,20 @@ SCHEMES = ("file", "s3")
 
 
 class StorageError(RuntimeError):
-    """A storage operation failed; the message names the URI and what to fix."""
+    """A storage operation failed; the message names the URI and what to fix. ``permanent``:
+    trying again cannot help (a missing object or bucket, credentials refused), as opposed to a
+    network failure, a 5xx or throttling that outlasted the retries."""
+
+    permanent = False
+
+    def __init__(self, message: str, permanent: bool | None = None):
+        super().__init__(message)
+        if permanent is not None:
+            self.permanent = permanent
 
 
 class ObjectNotFound(StorageError, FileNotFoundError):
-    pass
+    permanent = True
 
 
 @dataclass(frozen=True)

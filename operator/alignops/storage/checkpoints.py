@@ -23,6 +23,8 @@ class ChecksumMismatch(StorageError):
 class NotCommitted(StorageError):
     """No committed checkpoint at a key: no manifest.json (never written, or an upload cut short)."""
 
+    permanent = True
+
 
 @dataclass(frozen=True)
 class CheckpointRef:

@@ -11,8 +11,13 @@ def job_prefix(namespace: str, job: str) -> str:
     return f"{namespace}/{job}"
 
 
-def stage_prefix(namespace: str, job: str, stage: str) -> str:
-    return f"{namespace}/{job}/{stage}"
+def stage_prefix(namespace: str, job: str, stage: str, rerun: int = 0) -> str:
+    """``<namespace>/<job>/<stage>``, and ``.../rerun-<n>`` once the stage was rerun from its inputs:
+    a rerun never sees (or resumes from) the checkpoints of the spec it replaces, and those stay
+    where they are. The stage's first run keeps the plain prefix; ``rerun-<n>`` matches no
+    checkpoint key pattern, so listing the plain prefix never picks a rerun's checkpoints."""
+    base = f"{namespace}/{job}/{stage}"
+    return f"{base}/rerun-{rerun}" if rerun else base
 
 
 def checkpoint_key(stage_key: str, step: int, round: int | None = None) -> str:

@@ -54,6 +54,9 @@ NO_CREDENTIALS = (
     "(spec.storage.secretName in a cluster) or use an IAM role (IRSA / Workload Identity)"
 )
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+# 4xx answers a retry can change: a token refreshed by its provider, a timeout, throttling
+_RETRYABLE_4XX = {"ExpiredToken", "RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling",
+                  "ThrottlingException", "RequestThrottled", "BadDigest", "IncompleteBody", "PreconditionFailed"}
 _TRANSIENT_CODES = {
     "RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "ThrottlingException",
     "RequestThrottled", "InternalError", "ServiceUnavailable", "IncompleteBody", "BadDigest",
@@ -194,7 +197,8 @@ class S3Store(ObjectStore):
             missing = exc.kwargs.get("cred_var", "a credential variable")
             raise StorageError(
                 f"{self.root_uri}: incomplete S3 credentials in the environment, {missing} is missing: set both "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (spec.storage.secretName in a cluster) or neither to use an IAM role"
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (spec.storage.secretName in a cluster) or neither to use an IAM role",
+                permanent=True,
             ) from None
         except BotoCoreError as exc:  # not its text: a credential process's output could hold a secret
             provider = getattr(exc, "kwargs", {}).get("provider", "the standard chain")
@@ -203,7 +207,7 @@ class S3Store(ObjectStore):
                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (spec.storage.secretName) or the IAM role setup"
             ) from None
         if credentials is None:
-            raise StorageError(f"{self.root_uri}: {self._no_credentials_message()}")
+            raise StorageError(f"{self.root_uri}: {self._no_credentials_message()}", permanent=True)
         tuning = self.tuning
         s3_config: dict[str, Any] = {"payload_signing_enabled": tuning.sign_payload}
         if self.options.path_style:
@@ -266,7 +270,7 @@ class S3Store(ObjectStore):
         """A StorageError naming the URI and the fix; never carries a credential value."""
         uri = self.uri_for(key)
         if isinstance(exc, NoCredentialsError):
-            return StorageError(f"{action} {uri}: {self._no_credentials_message()}")
+            return StorageError(f"{action} {uri}: {self._no_credentials_message()}", permanent=True)
         if isinstance(exc, ClientError):
             return self._client_error(exc, action, uri)
         if isinstance(exc, _CONNECTION_ERRORS):
@@ -302,7 +306,9 @@ class S3Store(ObjectStore):
         if code in _TRANSIENT_CODES and code not in fixes:
             code = "SlowDown"
         detail = fixes.get(code) or exc.response.get("Error", {}).get("Message", "")
-        return StorageError(f"{action} {uri}: {code or status} from {self.endpoint}: {detail}")
+        # a 4xx (no bucket, access denied, bad request) stays as it is; 5xx and throttling were retried
+        permanent = status is not None and 400 <= status < 500 and status not in (408, 429) and code not in _RETRYABLE_4XX
+        return StorageError(f"{action} {uri}: {code or status} from {self.endpoint}: {detail}", permanent=permanent)
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.tuning.backoff_max, self.tuning.backoff_base * 2**attempt))

@@ -12,15 +12,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignops.contract import StageRunConfig
+from alignops.contract import EXIT_CONFIG, EXIT_RETRY, PermanentError, StageRunConfig, TransientError
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
+from alignops.storage.base import StorageError
 from alignops.storage.checkpoints import CheckpointRef, ChecksumMismatch, NotCommitted
 from alignops.storage.locate import locate
 from alignops.workloads.distributed import SINGLE, World
 
 
-class ConfigError(Exception):
-    """The stage can never run as configured: exit 78, no retry."""
+class ConfigError(PermanentError):
+    """The stage can never run as configured, or its input is missing, unreadable or has nothing to
+    learn: exit 78, no retry (the run contract's PermanentError)."""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one place an exception becomes an exit code: the contract's classes say so themselves;
+    a storage error is permanent when the store says retrying cannot help (a missing object or
+    bucket, refused credentials); text that is not UTF-8 stays so. Anything else is worth a retry."""
+    if isinstance(exc, PermanentError):
+        return EXIT_CONFIG
+    if isinstance(exc, TransientError):
+        return EXIT_RETRY
+    if isinstance(exc, StorageError):
+        return EXIT_CONFIG if exc.permanent else EXIT_RETRY
+    if isinstance(exc, UnicodeDecodeError):
+        return EXIT_CONFIG
+    return EXIT_RETRY
 
 
 class StopRequested(Exception):
@@ -66,8 +83,10 @@ class RunContext:
         return storage_options(self.config)
 
     def checkpoint_dir(self, ref: CheckpointRef) -> Path:
-        """A verified local copy of a committed checkpoint of this stage (once per node)."""
-        return self.world.on_node_leader(lambda: fetch_checkpoint(self.store, ref.key, self.node_scratch / "downloads"))
+        """A verified local copy of a committed checkpoint of this stage (fetched once per node)."""
+        return self.world.on_node_leader(lambda: _verified(
+            self.store, ref.key, self.node_scratch / "downloads",
+            "delete it to resume from the checkpoint before it, or rerun the stage (alignops run --rerun)"))
 
     @property
     def node_scratch(self) -> Path:
@@ -89,13 +108,23 @@ class RunContext:
             raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
         store, key = locate(uri, self.storage_options)
         try:
-            return fetch_checkpoint(store, key, self.scratch / "inputs")
+            return _verified(store, key, self.scratch / "inputs", "commit it again or point at another checkpoint")
         except NotCommitted as exc:  # a path that holds no checkpoint never will: no retry
             raise ConfigError(f"{exc}; check the model or input uri (a stage's output is its checkpointUri)") from None
+
+
+def _verified(store: ObjectStore, key: str, cache: Path, fix: str) -> Path:
+    """``fetch_checkpoint``, where content that differs from its manifest is corrupt (ConfigError,
+    no retry): on the local disk at once, from a remote store when a second download differs too
+    (the first may have been cut short)."""
+    tries = 1 if store.local_path(key) is not None else 2
+    for attempt in range(1, tries + 1):
+        try:
+            return fetch_checkpoint(store, key, cache)
         except ChecksumMismatch as exc:
-            if store.local_path(key) is None:
-                raise  # a download can be cut short: worth a retry
-            raise ConfigError(f"corrupt checkpoint: {exc}; commit it again or point at another checkpoint") from None
+            if attempt == tries:
+                raise ConfigError(f"corrupt checkpoint: {exc}; {fix}") from None
+    raise AssertionError("unreachable")
 
 
 def make_context(config: StageRunConfig, world: World = SINGLE) -> RunContext:

@@ -1,8 +1,10 @@
 """``python -m alignops.workloads CONFIG.json``: run one stage run under the run contract
 (``alignops.contract``) and map how it ended to an exit code and a result.
 
-Configuration errors (``ConfigError``) exit 78 at once; SIGTERM (``StopRequested``, raised after a
-checkpoint is committed) exits 143; every other failure exits 1, worth a retry.
+Permanent errors (``ConfigError`` and the rest of the contract's ``PermanentError``: a missing or
+unreadable input, bad data, nothing to learn) exit 78 at once with one line naming the place;
+SIGTERM (``StopRequested``, raised after a checkpoint is committed) exits 143; transient failures
+exit 1, worth a retry (``context.exit_code_for`` sorts them).
 
 A run on more than one process (``resources.gpus`` > 1) starts here too: this process becomes the
 agent that launches the workers (``alignops.workloads.launch``), each of which comes back here as
@@ -24,13 +26,12 @@ from pydantic import ValidationError
 from alignops.contract import (
     EXIT_CONFIG,
     EXIT_OK,
-    EXIT_RETRY,
     EXIT_SIGTERM,
     RESULT_PATH_ENV,
     StageResult,
     StageRunConfig,
 )
-from alignops.workloads.context import ConfigError, RunContext, StopRequested, make_context
+from alignops.workloads.context import ConfigError, RunContext, StopRequested, exit_code_for, make_context
 from alignops.workloads.distributed import init_world, worker_environment
 from alignops.workloads.launch import die_with_parent, launch
 from alignops.workloads.stages import STAGES
@@ -81,7 +82,10 @@ def main(argv: list[str]) -> int:
         code, result = EXIT_CONFIG, StageResult(None, {}, f"configuration error: {exc}")
         print(result.message, file=sys.stderr)
     if world.is_main:  # one result and one summary per run
-        write_result(result)
+        try:
+            write_result(result)
+        except OSError as exc:  # e.g. a full disk: the exit code still says how it ended
+            print(f"could not write the result ({exc.strerror or exc}): {result.message or 'no message'}", file=sys.stderr)
         if ctx is not None:
             record_summary(ctx, code, result.checkpoint_uri, result.metrics, result.message, started)
     if ctx is not None:
@@ -99,9 +103,15 @@ def _run_stage(ctx: RunContext) -> tuple[int, StageResult]:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG, StageResult(None, {}, f"configuration error: {exc}")
-    except Exception as exc:  # noqa: BLE001 - every other failure is worth a retry
-        traceback.print_exc()
-        return EXIT_RETRY, StageResult(None, {}, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - sorted by the contract's error classes
+        code = exit_code_for(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        if code == EXIT_CONFIG:  # a permanent error's message is the whole story: no traceback
+            message = f"permanent error: {exc}"
+            print(message, file=sys.stderr)
+        else:
+            traceback.print_exc()
+        return code, StageResult(None, {}, message)
 
 
 def _quiet_libraries() -> None:

@@ -2,7 +2,9 @@
 so that it outlives the AlignmentJob (``ttlSecondsAfterFinished`` deletes the resource, not this).
 
 Each stage run reads the summary, updates its own stage's entry and writes it back; stages of a job
-run one after another, so there is never a concurrent writer."""
+run one after another, so there is never a concurrent writer. An entry names the stage's storage
+key; a run under a new key (a rerun from its inputs) starts its entry afresh and clears those of the
+stages after it, so the summary never shows a result of an older spec."""
 
 from __future__ import annotations
 
@@ -23,9 +25,16 @@ def _iso(seconds: float) -> str:
 
 def update_summary(summary: dict, config, code: int, checkpoint_uri, metrics: dict, message, started: float, now: float) -> dict:
     """The summary with this run's entry (pure)."""
-    stages = {name: summary.get("stages", {}).get(name, {"phase": "Pending"}) for name in config.pipeline or [config.stage]}
+    pipeline = config.pipeline or [config.stage]
+    stages = {name: summary.get("stages", {}).get(name, {"phase": "Pending"}) for name in pipeline}
     entry = dict(stages.get(config.stage, {}))
-    entry.update(phase=_PHASES.get(code, "Retrying"), attempt=config.attempt, exitCode=code,
+    if entry.get("stageKey", config.stage_key) != config.stage_key:
+        # a rerun from its inputs (its spec changed): nothing of the old run, nor of the stages
+        # after it (they rerun too), stays in the summary
+        entry = {}
+        later = pipeline[pipeline.index(config.stage) + 1:] if config.stage in pipeline else []
+        stages.update({name: {"phase": "Pending"} for name in later})
+    entry.update(phase=_PHASES.get(code, "Retrying"), attempt=config.attempt, exitCode=code, stageKey=config.stage_key,
                  lastRunStart=_iso(started), lastRunEnd=_iso(now))
     entry.setdefault("firstRunStart", _iso(started))
     if config.round is not None:

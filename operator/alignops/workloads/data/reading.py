@@ -296,9 +296,9 @@ def _json_lines_files(path: Path, name: str) -> tuple[DataFile, ...]:
 def unreadable(name: str, exc: Exception, files: tuple[DataFile, ...]) -> DatasetError:
     """The error for data ``datasets`` could not read: JSON-lines files are read again line by line
     to name the first bad line; otherwise the reader's own reason."""
-    for file in files:
-        for _ in json_lines(Path(file.path), file.name):
-            pass
+    records = sum(1 for file in files for _ in json_lines(Path(file.path), file.name))
+    if files and not records:
+        return DatasetError(f"{name} has no records")
     cause = exc.__cause__ or exc.__context__ or exc
     return DatasetError(f"{name}: cannot be read ({type(cause).__name__}: {str(cause)[:300]})")
 

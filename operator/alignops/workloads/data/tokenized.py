@@ -162,16 +162,18 @@ def drop_unlearnable(tokenised, view_name: str, name: str, max_length: int):
     kept_count = column_sum(tokenised, view.keep)
     if total and not kept_count:
         raise DatasetError(f"{name}: {view.nothing_left.format(max_length=max_length)}")
-    if view_name == "sft" and total:
-        learning_and_empty = tokenised.filter(lambda learns, empty: [a and b for a, b in zip(learns, empty)],
-                                              input_columns=["learns", "empty"], batched=True)
+    if "empty" in tokenised.column_names and total:
+        learning_and_empty = tokenised.filter(lambda keep, empty: [a and b for a, b in zip(keep, empty)],
+                                              input_columns=[view.keep, "empty"], batched=True)
         if len(learning_and_empty) == kept_count:
             raise DatasetError(f"{name}: every completion is empty; nothing to learn but end-of-sequence "
                                "(check the `completion` field or the assistant turns)")
     dropped = total - kept_count
     if dropped > DROPPED_WARNING_SHARE * total:
-        print(f"warning: {name}: {dropped} of {total} examples have no response token within maxLength {max_length} "
-              "and are skipped; raise hyperparameters.maxLength to keep them", file=sys.stderr)
+        what = ("examples have no response token" if view_name == "sft"
+                else "items have no response token, or responses that differ,")
+        print(f"warning: {name}: {dropped} of {total} {what} within maxLength {max_length} and are skipped; "
+              "raise hyperparameters.maxLength to keep them", file=sys.stderr)
     if dropped:  # a filter leaves an index mapping over the old table: write the rows kept out
         tokenised = tokenised.filter(lambda keep: keep, input_columns=[view.keep], batched=True).flatten_indices()
     return tokenised, dropped
@@ -256,7 +258,7 @@ class ResponseItems(Sequence):
 def items_of(view: str, dataset, max_length: int, reward_tokenizer=None):
     if view == "sft":
         return SftItems(dataset)
-    if view == "prompts":
+    if view in ("prompts", "answered_prompts"):
         return dataset.to_list()
     return ResponseItems(dataset, max_length, reward_tokenizer)
 

@@ -73,7 +73,9 @@ def _response_columns(prompts: list[str], responses: list[list[str]], chats: lis
         prompt = with_bos(tokenizer, ids[p])
         out["prompt_ids"].append(prompt)
         out["responses"].append([response_ids(ids[r], eos, chat) for r in rs])
-        out["fits"].append(len(prompt) < max_length)  # every response keeps its first token
+        cut = {tuple((prompt + r)[:max_length]) for r in out["responses"][-1]}
+        # every response keeps its first token, and a comparison's responses still differ once cut
+        out["fits"].append(len(prompt) < max_length and (len(rs) < 2 or len(cut) > 1))
     return out
 
 
@@ -89,6 +91,7 @@ def _unpaired_columns(items: list[Unpaired], tokenizer, max_length: int) -> dict
     out = _response_columns([u.prompt for u in items], [[u.completion] for u in items], [u.chat for u in items],
                             tokenizer, max_length)
     out["label"] = [u.desirable for u in items]
+    out["empty"] = [not u.completion for u in items]  # only end-of-sequence to learn
     return out
 
 
@@ -108,6 +111,15 @@ def prompt_item(record: dict, chat: Chat) -> dict:
     else:
         raise DatasetError(f"a prompt record needs `prompt` or `messages`; got keys {sorted(keys)}")
     return {"prompt": text, "answer": None if answer is None else str(answer)}
+
+
+def answered_prompt_item(record: dict, chat: Chat) -> dict:
+    """``prompt_item`` of a record that must carry its ``answer`` (a verifier reward scores by it)."""
+    item = prompt_item(record, chat)
+    if item["answer"] is None:
+        raise DatasetError("field `answer` is missing: the verifier rewards (exact_answer, kimi_length) compare each "
+                           "response with it")
+    return item
 
 
 def _prompt_columns(items: list[dict], tokenizer, max_length: int) -> dict[str, list]:
@@ -154,7 +166,7 @@ def _comparison_features():
 def _unpaired_features():
     from datasets import Value
 
-    return _response_features(label=Value("bool"))
+    return _response_features(label=Value("bool"), empty=Value("bool"))
 
 
 def _prompt_features():
@@ -167,7 +179,9 @@ def _comparable(columns: set[str]) -> bool:
     return {"chosen", "rejected"} <= columns or {"responses", "ranking"} <= columns
 
 
-_TOO_LONG = "every prompt is maxLength tokens or longer, so no response token is left; raise hyperparameters.maxLength"
+_TOO_LONG = ("nothing to learn: every prompt is maxLength tokens or longer, or every comparison's responses are equal "
+             "once cut to maxLength {max_length}; check the `chosen`/`rejected` (or `responses`) fields or raise "
+             "hyperparameters.maxLength")
 
 VIEWS: dict[str, View] = {
     "sft": View(frozenset({"sft", "unpaired"}), lambda r, chat: [sft_text(r, chat)], _sft_columns, _sft_features, "learns",
@@ -183,4 +197,8 @@ VIEWS: dict[str, View] = {
     # held-out prompts are scored by their answers
     "prompts": View(frozenset({"prompts", "sft", "pairs", "rankings", "unpaired"}), lambda r, chat: [prompt_item(r, chat)],
                     _prompt_columns, _prompt_features, None, carves=lambda columns: "answer" in columns),
+    # for verifier rewards: a record without its answer fails at its line, before any sampling
+    "answered_prompts": View(frozenset({"prompts", "sft", "pairs", "rankings", "unpaired"}),
+                             lambda r, chat: [answered_prompt_item(r, chat)], _prompt_columns, _prompt_features, None,
+                             carves=lambda columns: "answer" in columns),
 }

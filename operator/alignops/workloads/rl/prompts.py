@@ -10,6 +10,7 @@ from alignops.workloads.data.chat import Chat
 from alignops.workloads.data.held_out import held_out_records
 from alignops.workloads.data.training import training_data
 from alignops.workloads.data.views import prompt_item
+from alignops.workloads.rl.rewards import NEEDS_ANSWER, default_terms
 from alignops.workloads.training.order import epoch_permutation
 
 
@@ -17,7 +18,9 @@ def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[lis
     """(training prompts, held-out prompts with answers): records ``{"prompt", "answer"}``."""
     if ctx.config.datasets is None:
         raise ConfigError("datasets.train is required for an rl stage (records with `prompt`, and `answer` for verifiers)")
-    data = training_data(ctx, "prompts", tokenizer, hp.max_prompt_length, hp.eval_size, "prompts")
+    terms = hp.rewards or default_terms(ctx.config.inputs.reward_model is not None)
+    view = "answered_prompts" if any(t.name in NEEDS_ANSWER for t in terms) else "prompts"
+    data = training_data(ctx, view, tokenizer, hp.max_prompt_length, hp.eval_size, "prompts")
     records, _ = held_out_records(ctx, hp.eval_size, "prompts", data.carved)
     chat = Chat(tokenizer)
     try:

@@ -64,6 +64,10 @@ RewardFn = Callable[[ScoringBatch], torch.Tensor]
 REWARD_FUNCTIONS: Registry[Callable[[RewardOptions, RewardResources], RewardFn]] = Registry("reward function")
 
 
+# the rewards that compare a response with the record's `answer` (a prompt without one scores nothing)
+NEEDS_ANSWER = frozenset({"exact_answer", "kimi_length"})
+
+
 def _correct(batch: ScoringBatch) -> torch.Tensor:
     if any(a is None for a in batch.answers):
         raise ConfigError("the exact_answer and kimi_length rewards need an `answer` in every prompt record")
