@@ -1,8 +1,9 @@
 """One round's policy (and critic) update: the trainer recomputes the behaviour ("old") and reference
 log-probs of the rollouts, the KL term goes into the reward or the loss, the algorithm's advantage
 estimator (``alignops.algos.ADVANTAGE_ESTIMATORS``) turns rewards into advantages, then ``ppoEpochs``
-passes of ``miniBatches`` optimiser steps minimise the clipped surrogate (plus the KL term and, for
-PPO, the clipped value loss).
+passes of ``miniBatches`` optimiser steps minimise the algorithm's policy loss
+(``alignops.algos.POLICY_LOSSES``: the clipped surrogate, APA's squared loss or P3O's pairwise one;
+plus the KL term and, with a critic, the clipped value loss).
 
 Every per-token loss is reduced by ``aggregate_loss`` with the *mini-batch's* token and sequence
 counts, so summing the micro-batches' losses gives exactly the whole mini-batch's loss: how a
@@ -21,16 +22,17 @@ import torch
 from alignops.algos import (
     ADVANTAGE_ESTIMATORS,
     AdaptiveKLController,
+    POLICY_LOSSES,
     AdvantageInputs,
     FixedKLController,
+    PolicyLossInputs,
     aggregate_loss,
     clipped_value_loss,
     kl_shaped_token_rewards,
     masked_kl,
     masked_mean,
-    ppo_clip_loss,
 )
-from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, RlHyperparameters
+from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, POLICY_LOSS_OF, RlHyperparameters
 from alignops.workloads.rl.batch import TokenBatch, chunked, response_logprobs, values_of
 from alignops.seeds import MINIBATCH_EPOCH, ROUND, derive_seed
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
@@ -42,11 +44,14 @@ class RlPlan:
 
     algorithm: str
     estimator: str
+    policy_loss: str  # a name of alignops.algos.POLICY_LOSSES
     kl_placement: str  # in_reward | in_loss
     kl_estimator: str  # k1 | k2 | k3
     use_reference: bool
     use_critic: bool
     greedy_baseline: bool
+    # rows come in adjacent pairs answering one prompt (p3o): mini- and micro-batches keep them together
+    pairwise: bool = False
     # one optimiser step per round and no KL in the reward: the policy has not moved when the step's
     # forward runs, so its detached log-probs are the old ones and no separate pass is needed (TRL
     # does the same when num_iterations = 1)
@@ -56,14 +61,18 @@ class RlPlan:
     def resolve(cls, algorithm: str, hp: RlHyperparameters) -> "RlPlan":
         placement = hp.kl.placement or ("in_loss" if algorithm in KL_IN_LOSS_BY_DEFAULT else "in_reward")
         estimator = hp.kl.estimator or ("k3" if placement == "in_loss" else "k1")
+        loss = POLICY_LOSS_OF[algorithm]
+        traits = POLICY_LOSSES.traits(loss)
         return cls(
             algorithm=algorithm,
             estimator=ADVANTAGE_ESTIMATOR_OF[algorithm],
+            policy_loss=loss,
             kl_placement=placement,
             kl_estimator=estimator,
-            use_reference=hp.kl.beta > 0,
-            use_critic=algorithm == "ppo",
+            use_reference=hp.kl.beta > 0 or traits.needs_reference,
+            use_critic=ADVANTAGE_ESTIMATOR_OF[algorithm] == "gae",
             greedy_baseline=algorithm == "remax",
+            pairwise=traits.pairwise,
             old_from_update=hp.ppo_epochs * hp.mini_batches == 1 and not (placement == "in_reward" and hp.kl.beta > 0),
         )
 
@@ -146,14 +155,17 @@ def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic
     return tensors, metrics
 
 
-def minibatch_order(hp: RlHyperparameters, round_: int, size: int) -> list[torch.Tensor]:
+def minibatch_order(hp: RlHyperparameters, round_: int, size: int, unit: int = 1) -> list[torch.Tensor]:
     """Row indices of every optimiser step of a round: per PPO epoch a fresh permutation (seeded by
     seed, round and epoch, so a rerun or the split placement takes the same steps) cut into
-    ``miniBatches`` near-equal parts."""
+    ``miniBatches`` near-equal parts. With ``unit`` 2 (pairwise losses) the pairs of adjacent rows
+    are permuted, so a pair stays adjacent, partner after partner, in every step."""
     steps = []
+    offsets = torch.arange(unit)
     for epoch in range(hp.ppo_epochs):
         generator = torch.Generator().manual_seed(derive_seed(hp.seed, (ROUND, round_), (MINIBATCH_EPOCH, epoch)))
-        steps += [part for part in torch.randperm(size, generator=generator).tensor_split(hp.mini_batches) if len(part)]
+        units = torch.randperm(size // unit, generator=generator).tensor_split(hp.mini_batches)
+        steps += [(part.unsqueeze(-1) * unit + offsets).reshape(-1) for part in units if len(part)]
     return steps
 
 
@@ -163,6 +175,7 @@ class PolicyUpdate:
 
     def __init__(self, plan: RlPlan, hp: RlHyperparameters, policy, critic, loop: TrainLoop):
         self.plan, self.hp, self.policy, self.critic, self.loop = plan, hp, policy, critic, loop
+        self.traits = POLICY_LOSSES.traits(plan.policy_loss)
 
     def step(self, t: RoundTensors, rows: torch.Tensor, kl_coef: float) -> dict[str, float]:
         """One optimiser step on the mini-batch ``rows``; returns its summed figures."""
@@ -187,13 +200,18 @@ class PolicyUpdate:
             if fill:
                 t.old_logp[micro, :width] = logp.detach().float()
                 t.entropy[micro, :width] = entropy.float()
-            pg = ppo_clip_loss(logp, t.old_logp[micro, :width], t.advantages[micro, :width], mask,
-                               hp.clip_low, hp.clip_high, hp.dual_clip)
-            policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
+            ref_logp = t.ref_logp[micro, :width] if t.ref_logp is not None else None
+            pg = POLICY_LOSSES.get(plan.policy_loss)(PolicyLossInputs(
+                logp, t.old_logp[micro, :width], t.advantages[micro, :width], mask, ref_logp=ref_logp,
+                clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip, apa_lambda=hp.apa_lambda))
+            if self.traits.sequence_level:  # one figure per response: a mean over the mini-batch's responses
+                policy_loss = pg.loss.sum() / len(rows)
+            else:
+                policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
             loss = policy_loss
             figures = {"policy_loss": 0.0, "kl_loss": 0.0, "value_loss": 0.0}
-            if plan.kl_placement == "in_loss" and t.ref_logp is not None and kl_coef > 0:
-                kl = masked_kl(plan.kl_estimator, logp, t.ref_logp[micro, :width], mask)
+            if plan.kl_placement == "in_loss" and ref_logp is not None and kl_coef > 0:
+                kl = masked_kl(plan.kl_estimator, logp, ref_logp, mask)
                 kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
                 loss = loss + kl_coef * kl_loss
                 figures["kl_loss"] = float(kl_loss.detach())
@@ -220,7 +238,7 @@ class PolicyUpdate:
     def run(self, t: RoundTensors, round_: int, kl_coef: float, should_stop: Callable[[], None]) -> dict[str, float]:
         """Every step of the round; ``should_stop()`` is called before each (it raises to stop)."""
         totals: dict[str, float] = {}
-        steps = minibatch_order(self.hp, round_, len(t.batch))
+        steps = minibatch_order(self.hp, round_, len(t.batch), 2 if self.plan.pairwise else 1)
         for rows in steps:
             should_stop()
             for key, value in self.step(t, rows.to(t.advantages.device), kl_coef).items():
