@@ -4,6 +4,7 @@ verifiers), the held-out prompts with answers, and which prompts each round read
 from __future__ import annotations
 
 from alignops.api.rl import RlHyperparameters
+from alignops.demo import DemoTask, task_of
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data.records import DatasetError, load_records
 from alignops.workloads.data.sft import text_field
@@ -31,6 +32,12 @@ def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[lis
     held = load_records(source, "prompts", held_out=verifiable, options=options) if source is not None else []
     held = [{"prompt": prompt_text(r, tokenizer), "answer": str(r["answer"])} for r in held if r.get("answer") is not None]
     return train, held
+
+
+def held_out_task(ctx: RunContext, hp: RlHyperparameters) -> DemoTask:
+    """The demo task whose check scores the held-out greedy answers (the arithmetic one for files)."""
+    source, _ = held_out_source(ctx, hp.eval_size)
+    return task_of(source.generator if source is not None else None)
 
 
 def round_prompts(prompts: list[dict], hp: RlHyperparameters, round_: int) -> list[dict]:

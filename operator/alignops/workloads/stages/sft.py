@@ -11,6 +11,7 @@ import sys
 import torch
 
 from alignops.algos.sft import masked_lm_loss
+from alignops.demo import task_of
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.batching import sft_batch
@@ -61,13 +62,15 @@ class SftStage(Stage):
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"held-out data: {exc}") from None
         self.prompt_records = [{"prompt": r["prompt"], "answer": r["completion"]} for r in records] if verifiable else []
+        self.task = task_of(source.generator if source else None)
 
     def evaluate(self, model) -> dict[str, float]:
         metrics = {}
         if self.eval_examples:
             metrics["evalLoss"] = sft_eval_loss(model, self.eval_examples, self.pad)
         if self.prompt_records:
-            metrics["accuracy"] = greedy_accuracy(model, self.tokenizer, self.prompt_records)
+            metrics["accuracy"] = greedy_accuracy(model, self.tokenizer, self.prompt_records, self.task.answer_tokens,
+                                                  self.task.is_correct)
         return metrics
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
