@@ -55,6 +55,7 @@ class Inputs(_Wire):
     policy: str | None = None
     reference: str | None = None
     reward_model: str | None = None
+    judge: str | None = None
 
 
 class StageRunConfig(_Wire):

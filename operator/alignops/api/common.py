@@ -108,11 +108,20 @@ DatasetFormat = Literal["sft", "pairs", "rankings", "prompts", "unpaired"]
 
 
 class DatasetSource(ApiModel):
-    """JSON lines from storage, or the built-in generator of the demo task."""
+    """JSON lines from storage, the dataset an earlier ``generate`` stage wrote, or a built-in generator."""
 
-    uri: str | None = Field(None, max_length=1024, pattern=URI_PATTERN, description="Storage URI of a JSON-lines file.")
-    generator: Literal["arithmetic"] | None = Field(
-        None, description="Built-in generator: `arithmetic` makes the verifiable demo task (sums of small numbers)."
+    uri: str | None = Field(
+        None, max_length=1024, pattern=URI_PATTERN,
+        description="Storage URI of a JSON-lines file, or of a committed dataset directory (a generate stage's output).",
+    )
+    from_stage: str | None = Field(
+        None, max_length=20, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Name of an earlier `generate` stage whose committed dataset is read.",
+    )
+    generator: Literal["arithmetic", "arithmetic_task_lists", "sum_programs"] | None = Field(
+        None, description="Built-in generator: `arithmetic` makes the verifiable demo task (sums of small numbers); "
+        "`arithmetic_task_lists` its sft records, every fourth a self_instruct task list (teaches a tiny model the list format "
+        "a pretrained one knows); `sum_programs` tiny Python programs printing a sum (sft and prompts, for code_execution).",
     )
     size: int = Field(2000, ge=1, le=1_000_000, description="Examples to generate (generator only).")
     seed: int = Field(1, ge=0, le=2**31 - 1, description="Generator seed; the held-out split always uses its own seed.")
@@ -123,8 +132,8 @@ class DatasetSource(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DatasetSource":
-        if (self.uri is None) == (self.generator is None):
-            raise ValueError("set exactly one of uri or generator")
+        if sum(x is not None for x in (self.uri, self.generator, self.from_stage)) != 1:
+            raise ValueError("set exactly one of uri, generator or fromStage")
         return self
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from alignops.api.common import DatasetSource
 from alignops.demo import generate
-from alignops.storage import StorageOptions
+from alignops.storage import MANIFEST_NAME, StorageOptions, fetch_checkpoint
+from alignops.storage.base import join_key
+from alignops.storage.checkpoints import ChecksumMismatch
 from alignops.storage.locate import locate
 from alignops.workloads.context import ConfigError
+
+
+# the records file of a committed dataset directory (what a generate stage writes)
+DATASET_FILE = "data.jsonl"
 
 
 class DatasetError(ConfigError, ValueError):
@@ -46,17 +54,37 @@ class Records(list):
         return out
 
 
+def _committed_dataset(store, key: str, uri: str) -> bytes | None:
+    """The data file of a committed dataset directory (a generate stage's output), verified against
+    its manifest; None when ``key`` is no such directory."""
+    if not store.exists(join_key(key, MANIFEST_NAME)):
+        return None
+    with tempfile.TemporaryDirectory(prefix="alignops-dataset-") as cache:
+        try:
+            directory = fetch_checkpoint(store, key, Path(cache))
+        except ChecksumMismatch as exc:
+            raise DatasetError(f"dataset {uri}: {exc}") from None
+        path = directory / DATASET_FILE
+        if not path.is_file():
+            raise DatasetError(f"dataset {uri}: the committed directory has no {DATASET_FILE}")
+        return path.read_bytes()
+
+
 def load_records(source: DatasetSource, default_format: str, held_out: bool = False,
                  options: StorageOptions | None = None) -> Records:
     fmt = source.format or default_format
     if source.generator is not None:
-        records = generate(fmt, source.size, source.seed, held_out=held_out, max_operand=source.max_operand)
+        records = generate(fmt, source.size, source.seed, held_out=held_out, max_operand=source.max_operand, task=source.generator)
         return Records(records, f"generator {source.generator}{' (held out)' if held_out else ''}")
+    if source.uri is None:
+        raise DatasetError(f"dataset fromStage {source.from_stage!r} is not resolved: that stage has no committed output yet")
     store, key = locate(source.uri, options)
     try:
-        data = store.get_bytes(key)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"dataset {source.uri} not found: {exc}") from None
+        data = _committed_dataset(store, key, source.uri)
+        if data is None:
+            data = store.get_bytes(key)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise DatasetError(f"dataset {source.uri} not found (a JSON-lines file, or a directory with {MANIFEST_NAME}): {exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
