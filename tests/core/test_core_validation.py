@@ -149,6 +149,7 @@ SFT_ON = lambda source: {"name": "sft", "type": "sft", "datasets": {"train": {"f
     ([PREFS, SFT_ON("prefs")], "writes pairs records, but this sft stage reads sft"),
     ([GEN, {"name": "sft", "type": "sft", "datasets": {"train": {"fromStage": "gen", "generator": "arithmetic"}}}],
      "exactly one of uri, generator or fromStage"),
+    ([{**GEN, "judge": {"uri": "file:///judge"}}], "judge labels pairs for method ai_preferences only"),
 ])
 def test_a_dataset_from_a_stage_must_be_an_earlier_generate_stage_of_the_right_format(stages, words):
     from alignops.api import InvalidManifest, parse_job
@@ -167,3 +168,6 @@ def test_the_crd_checks_dataset_references_too():
     assert evaluate_rules(schema, good) == []
     bad = _generate_job({"name": "base", "type": "sft", "datasets": {"train": {"generator": "arithmetic"}}}, SFT_ON("base"))
     assert any("datasets.train.fromStage must name an earlier stage that produces a dataset" in f for f in evaluate_rules(schema, bad))
+    judged = _generate_job({**GEN, "judge": {"uri": "file:///judge"}})
+    assert any("judge labels pairs for method ai_preferences only" in f for f in evaluate_rules(schema, judged))
+    assert evaluate_rules(schema, _generate_job({**PREFS, "judge": {"uri": "file:///judge"}})) == []

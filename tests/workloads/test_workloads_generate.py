@@ -17,6 +17,7 @@ import yaml
 from alignops.api.common import Architecture, DatasetSource
 from alignops.api.generate import GENERATE_METHODS as API_METHODS
 from alignops.api.generate import GENERATED_FORMAT, GenerateHyperparameters
+from alignops.workloads.context import MetricsSink
 from alignops.workloads.data.records import DatasetError, load_records
 from alignops.workloads.generate.filters import InstructionPool, first_line, first_paragraph
 from alignops.workloads.generate.methods import GENERATE_METHODS, GenerationRun, judge_choice
@@ -92,7 +93,7 @@ def _run(method: str, **settings) -> tuple[list[dict], GenerationRun, list[str]]
     engine.prompts = []
     hp = GenerateHyperparameters.model_validate({"rounds": 1, "promptsPerRound": 3, "samplesPerPrompt": 2, "maxNewTokens": 6,
                                                  "seedTasksPerPrompt": 2, "minInstructionChars": 1, **settings})
-    ctx = SimpleNamespace(stop=threading.Event())
+    ctx = SimpleNamespace(stop=threading.Event(), metrics=MetricsSink())
     run = GenerationRun(hp, load_templates(), load_principles(), [{"instruction": "Hi?", "response": "Hello."}],
                         ["Name a colour.", "Add 2 and 3.", "Say hi."], ["Name the largest planet."], TextSampler(ctx, engine, TOKENIZER, hp))
     return GENERATE_METHODS.get(method)(run), run, engine.prompts
@@ -118,6 +119,7 @@ def test_each_method_builds_its_prompts_from_the_templates_and_counts_what_it_ca
     keys = {"prompt", "chosen", "rejected"} if GENERATED_FORMAT[method] == "pairs" else {"prompt", "completion"}
     assert all(keys <= set(r) for r in records)
     assert run.counts["rounds"] == 1 and run.sampler.generated_tokens > 0
+    assert run.sampler.ctx.metrics.history[0]["total_steps"] == 1  # progress is reported per round
     # every prompt of the round is accounted for: written, or dropped/unparseable with a reason
     dropped = sum(v for k, v in run.counts.items() if k.startswith(("unparseable", "dropped")))
     assert len(records) + dropped >= 1
@@ -143,24 +145,55 @@ def test_a_dataset_without_its_manifest_is_never_read(tmp_path):
         load_records(DatasetSource(uri=ref.uri), "sft")
 
 
+def _judge_records(count: int) -> list[dict]:
+    """SFT records that teach a tiny judge to answer the judge template with A or B."""
+    templates, principles = load_templates(), load_principles()
+    records = []
+    for i in range(count):
+        prompt = templates.render("ai_preferences.judge", instruction=f"Question {i}?", principle=principles[i % len(principles)].preference,
+                                  response_a=f"answer {i}", response_b=f"reply {i * 7}")
+        records.append({"prompt": prompt, "completion": "AB"[i % 2] + ")"})
+    return records
+
+
 @pytest.mark.slow
-def test_generate_then_sft_through_alignops_run(tmp_path):
+def test_constitutional_ai_end_to_end_with_tiny_models(tmp_path):
+    """SL-CAI (constitutional -> sft) and RL-CAI (ai_preferences with a judge -> dpo) through
+    `alignops run`: every stage succeeds, each generate stage commits its dataset (manifest last) and
+    counts what it could not parse. The judge is a tiny model taught the answer format first."""
+    judge_data = tmp_path / "judge.jsonl"
+    judge_data.write_text("".join(json.dumps(r) + "\n" for r in _judge_records(64)))
+    small = {"rounds": 1, "promptsPerRound": 8, "maxNewTokens": 12, "size": 8}
     manifest = {
-        "apiVersion": "alignops.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": "gen-sft"},
-        "spec": {"model": {"architecture": {"hiddenSize": 16, "layers": 1, "heads": 2, "maxPositions": 256}},
+        "apiVersion": "alignops.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": "cai"},
+        "spec": {"model": {"architecture": {"hiddenSize": 16, "layers": 1, "heads": 2, "maxPositions": 512}},
                  "stages": [
-                     {"name": "gen", "type": "generate", "method": "self_align",
-                      "hyperparameters": {"rounds": 1, "promptsPerRound": 4, "samplesPerPrompt": 1, "maxNewTokens": 6, "size": 4}},
-                     {"name": "sft", "type": "sft", "datasets": {"train": {"fromStage": "gen"}},
-                      "hyperparameters": {"maxSteps": 2, "batchSize": 2, "maxLength": 64, "logEvery": 1}}]},
+                     {"name": "judge", "type": "sft", "datasets": {"train": {"uri": f"file://{judge_data}"}},
+                      "hyperparameters": {"maxSteps": 40, "batchSize": 16, "maxLength": 512, "learningRate": 0.01, "warmupSteps": 0,
+                                          "logEvery": 10}},
+                     {"name": "sl-cai-data", "type": "generate", "method": "constitutional", "hyperparameters": small},
+                     {"name": "sl-cai", "type": "sft", "datasets": {"train": {"fromStage": "sl-cai-data"}},
+                      "hyperparameters": {"maxSteps": 2, "batchSize": 4, "maxLength": 256, "logEvery": 1}},
+                     {"name": "rl-cai-data", "type": "generate", "method": "ai_preferences", "policy": {"fromStage": "sl-cai"},
+                      "judge": {"fromStage": "judge"}, "hyperparameters": small},
+                     {"name": "dpo", "type": "preference", "policy": {"fromStage": "sl-cai"},
+                      "datasets": {"train": {"fromStage": "rl-cai-data"}},
+                      "hyperparameters": {"maxSteps": 2, "batchSize": 4, "maxLength": 256, "logEvery": 1}}]},
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     done = run_cli("run", str(path), "--workdir", str(tmp_path / "w"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    status = json.loads((tmp_path / "w" / "gen-sft" / "status.json").read_text())["status"]
-    gen, sft = status["stages"]
-    assert gen["checkpointUri"].endswith("/gen/checkpoint-1") and gen["metrics"]["records"] >= 1
-    assert sft["phase"] == "Succeeded" and sft["metrics"]["steps"] == 2
-    committed = (tmp_path / "w" / "default" / "gen-sft" / "gen" / "checkpoint-1")
-    assert sorted(p.name for p in committed.iterdir()) == ["data.jsonl", "generation.json", "manifest.json"]
+    stages = {s["name"]: s for s in json.loads((tmp_path / "w" / "cai" / "status.json").read_text())["status"]["stages"]}
+    assert all(s["phase"] == "Succeeded" for s in stages.values())
+    sl, rl = stages["sl-cai-data"]["metrics"], stages["rl-cai-data"]["metrics"]
+    assert sl["records"] >= 1 and {"unparseableResponse", "unparseableCritique", "unparseableRevision"} <= set(sl)
+    # the taught judge answers in the format; whatever it could not is counted, not written
+    assert rl["records"] == rl.get("judgedA", 0) + rl.get("judgedB", 0) >= 1
+    assert rl["records"] + rl.get("unparseableJudgement", 0) + rl.get("droppedTies", 0) + rl.get("unparseableResponse", 0) == 8
+    for name in ("sl-cai-data", "rl-cai-data"):
+        committed = tmp_path / "w" / "default" / "cai" / name / "checkpoint-1"
+        assert stages[name]["checkpointUri"] == f"file://{committed}"
+        assert sorted(p.name for p in committed.iterdir()) == ["data.jsonl", "generation.json", "manifest.json"]
+    pairs = [json.loads(line) for line in (tmp_path / "w" / "default" / "cai" / "rl-cai-data" / "checkpoint-1" / "data.jsonl").read_text().splitlines()]
+    assert all(p["chosen"] != p["rejected"] and p["principle"] for p in pairs)

@@ -47,6 +47,13 @@ def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), x, torch.zeros_like(x))
 
 
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+    """(``max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high))``, where the clip is active)."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 def ppo_clip_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -80,10 +87,8 @@ def ppo_clip_loss(
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    clip_fraction = masked_mean((clipped > unclipped).to(logp.dtype), mask).detach()
+    loss, active = _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+    clip_fraction = masked_mean(active.to(logp.dtype), mask).detach()
     if dual_clip is not None:
         loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
     return PolicyLossOutput(_zero_masked(loss, mask), clip_fraction)
@@ -182,11 +187,8 @@ def p3o_loss(
     partner = pair_partners(logp.shape[0], logp.device)
     log_ratio = masked_sum(logp - old_logp, mask, dim=-1)
     ratio = torch.exp((log_ratio - log_ratio[partner]).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    adv = masked_mean(advantages, mask, dim=-1)
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    clip_fraction = (clipped > unclipped).to(logp.dtype).mean().detach()
+    loss, active = _clipped_surrogate(ratio, masked_mean(advantages, mask, dim=-1), clip_low, clip_high)
+    clip_fraction = active.to(logp.dtype).mean().detach()
     return PolicyLossOutput(loss, clip_fraction)
 
 

@@ -132,6 +132,9 @@ class RlStage(StageBase):
         return self
 
 
+JUDGE_MESSAGE = "judge labels pairs for method ai_preferences only: remove it, or use method ai_preferences"
+
+
 class GenerateStage(StageBase):
     """A model writes a dataset to storage for a later stage (``datasets.train.fromStage``):
     self_instruct, evol_instruct and self_align (instruction data), constitutional (SL-CAI
@@ -146,6 +149,12 @@ class GenerateStage(StageBase):
     policy: StageRef | None = Field(None, description="The model that writes; defaults to spec.model.")
     judge: StageRef | None = Field(None, description="ai_preferences: the model that labels the pairs; defaults to the policy.")
     hyperparameters: GenerateHyperparameters = Field(default_factory=GenerateHyperparameters, description="Generation settings.")
+
+    @model_validator(mode="after")
+    def _judge_only_for_preferences(self) -> "GenerateStage":
+        if self.judge is not None and self.method != "ai_preferences":
+            raise ValueError(JUDGE_MESSAGE)
+        return self
 
 
 @dataclass(frozen=True)
@@ -178,7 +187,8 @@ STAGE_TYPES: dict[str, StageType] = {
     "rank": StageType(model=RankStage, produces="policy", inputs={"policy": ("policy",)},
                       algorithms=("rrhf",), default_algorithm="rrhf", dataset_format="rankings"),
     "generate": StageType(model=GenerateStage, produces="dataset", inputs={"policy": ("policy",), "judge": ("policy",)},
-                          dataset_format="prompts"),
+                          dataset_format="prompts",
+                          rules=(("!has(self.judge) || self.method == 'ai_preferences'", JUDGE_MESSAGE),)),
     "rl": StageType(
         model=RlStage, produces="policy",
         inputs={"policy": ("policy",), "reference": ("policy",), "reward_model": ("rewardModel",)},

@@ -57,8 +57,11 @@ class GenerationRun:
         self.verifier = Verifier(self.hp.verifier, self.hp.verifier_threshold, self.hp.max_new_tokens, self.counts)
 
     def rounds(self, records: list[dict]):
-        """Round numbers until ``size`` records are written or ``rounds`` are spent."""
+        """Round numbers until ``size`` records are written or ``rounds`` are spent; each round's
+        start is a progress record (step = rounds done, the records so far)."""
         for round_ in range(self.hp.rounds):
+            self.sampler.ctx.metrics.log({"step": round_, "total_steps": self.hp.rounds, "generated_records": len(records),
+                                          "generated_tokens": self.sampler.generated_tokens})
             if len(records) >= self.hp.size:
                 return
             self.counts["rounds"] += 1

@@ -63,7 +63,7 @@ class GenerateStage:
             raise ConfigError(f"{self.method} generated no record ({json.dumps(metrics)}): the model writes nothing the "
                               "parser and filters accept; use a more capable model, or loosen the filters (verifier, rougeThreshold, lengths)")
         metrics["seconds"] = round(time.perf_counter() - started, 3)
-        self.ctx.metrics.log({snake_case(k): v for k, v in metrics.items()})
+        self.ctx.metrics.log({"step": self.hp.rounds, "total_steps": self.hp.rounds, **{snake_case(k): v for k, v in metrics.items()}})
         return StageResult(checkpoint_uri=self._commit(records, metrics), metrics=metrics)
 
     def _prepare(self) -> GenerationRun:
