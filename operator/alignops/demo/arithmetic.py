@@ -126,14 +126,14 @@ def prompt_records(problems: list[Problem], rng: random.Random) -> Iterator[dict
 
 def task_list_records(problems: list[Problem], rng: random.Random) -> Iterator[dict]:
     """SFT records of the sums, every fourth one instead a self_instruct task list (the generate
-    stage's default template filled with 2-6 tasks of the training pool, the completion one more):
+    stage's default template filled with 2-5 tasks of the training pool, the completion one more):
     a pretrained model continues such a list in context; the tiny demo model learns the format here."""
     from alignops.workloads.generate.resources import load_templates, task_list_prompt
 
     templates = load_templates()
     for i, p in enumerate(problems):
         if i % 4 == 3:
-            tasks = [t for t in (rng.choice(problems).prompt for _ in range(rng.randint(2, 6))) if t != p.prompt]
+            tasks = [t for t in (rng.choice(problems).prompt for _ in range(rng.randint(2, 5))) if t != p.prompt]
             yield {"prompt": task_list_prompt(templates, tasks), "completion": " " + p.prompt}
         else:
             yield {"prompt": p.prompt, "completion": p.answer}
