@@ -18,13 +18,14 @@ from alignops.api.hyperparameters import OptimizerCore, RetentionSettings
 
 RL_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax",
                                   "apa", "p3o")
-# algorithm -> advantage estimator of alignops.algos.ADVANTAGE_ESTIMATORS (gae = with a critic: ppo, and
-# apa as in its paper); p3o's relative advantage (R_i - R_j) / 2 is the group-mean baseline over a pair
-ADVANTAGE_ESTIMATOR_OF: dict[str, str] = {**{a: a for a in RL_ALGORITHMS}, "ppo": "gae", "apa": "gae", "p3o": "dr_grpo"}
+# algorithm -> advantage estimator of alignops.algos.ADVANTAGE_ESTIMATORS (ppo = GAE with a critic; apa
+# regresses onto GRPO's group-normalised advantage, no critic; p3o's relative advantage (R_i - R_j) / 2 is
+# the group-mean baseline over a pair)
+ADVANTAGE_ESTIMATOR_OF: dict[str, str] = {**{a: a for a in RL_ALGORITHMS}, "ppo": "gae", "apa": "grpo", "p3o": "dr_grpo"}
 # algorithm -> policy loss of alignops.algos.POLICY_LOSSES (every other algorithm: the PPO clipped surrogate)
 POLICY_LOSS_OF: dict[str, str] = {**{a: "ppo_clip" for a in RL_ALGORITHMS}, "apa": "apa", "p3o": "p3o"}
 # algorithms whose baseline is the other responses to the same prompt: they need >= 2 samples per prompt
-GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "apa")
 # algorithms that compare exactly two responses per prompt (samplesPerPrompt 2, an even batchSize)
 PAIR_ALGORITHMS: tuple[str, ...] = ("p3o",)
 # algorithms whose KL term defaults to the loss (DeepSeekMath GRPO); the rest shape the reward
@@ -165,7 +166,7 @@ class RlHyperparameters(OptimizerCore, RetentionSettings):
     mini_batches: int = Field(1, ge=1, le=4096, description="Optimiser steps per pass (the rollouts are split into this many shuffled mini-batches).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount of token rewards (gae, reinforce_pp, remax).")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (ppo).")
-    critic: CriticSettings = Field(default_factory=CriticSettings, description="The value model (ppo and apa).")
+    critic: CriticSettings = Field(default_factory=CriticSettings, description="The value model (ppo only).")
     apa_lambda: float = Field(
         1.0, gt=0, le=1000,
         description="apa: lambda of the squared loss (log pi - log pi_init - A / lambda)^2; larger keeps the policy nearer its start.",

@@ -107,7 +107,7 @@ class RlStage(StageBase):
         "grpo",
         description="Algorithm: ppo (GAE with a critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax "
         "(baseline: the reward of the greedy response), apa (squared loss of the log-ratio to the start against A / apaLambda, "
-        "GAE with a critic) or p3o (pairwise PPO on two responses per prompt).",
+        "A group-normalised) or p3o (pairwise PPO on two responses per prompt).",
     )
     policy: StageRef | None = Field(None, description="Model to optimise; defaults to spec.model.")
     reference: StageRef | None = Field(None, description="Frozen reference of the KL penalty; defaults to the policy's starting checkpoint.")
