@@ -8,7 +8,10 @@ Targets (issue 3, plus issue 4's for rl stages, taken from benchmarks/learning_r
 - a ``reward`` stage reaches held-out pairwise accuracy ``accuracyAfter >= 0.9``;
 - a ``preference`` stage with ``dpo`` raises held-out preference accuracy by at least 0.20 over its
   SFT start (``accuracyAfter - accuracyBefore``);
-- every ``reward``, ``preference`` and ``rank`` stage ends with a lower loss than it started with.
+- every ``reward``, ``preference`` and ``rank`` stage ends with a lower loss than it started with;
+- an ``sft`` stage trained on a ``generate`` stage's dataset (``datasets.train.fromStage``, issue 16:
+  self-generated, verifier-filtered data) raises held-out accuracy by at least 0.05 over its start;
+- a ``generate`` stage writes at least one record.
 
 Exit status 0 when every target is met, 1 otherwise.
 
@@ -34,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 180.0
 REWARD_ACCURACY = 0.9
 DPO_GAIN = 0.20
+GENERATED_SFT_GAIN = 0.05
 COMPARISON_TYPES = ("reward", "preference", "rank")
 
 
@@ -63,8 +67,10 @@ def rows_of(recipe: Path, document: dict, status: dict, rl) -> list[dict]:
     for stage in document["spec"]["stages"]:
         seen = observed.get(stage["name"], {})
         metrics = seen.get("metrics", {})
+        generated = (stage.get("datasets") or {}).get("train", {}).get("fromStage")
         row = {"recipe": recipe.name, "stage": stage["name"], "type": stage["type"],
-               "algorithm": stage.get("algorithm") or "-", "phase": seen.get("phase", "-"), "seconds": stage_seconds(seen),
+               "algorithm": stage.get("algorithm") or stage.get("method") or "-", "phase": seen.get("phase", "-"),
+               "seconds": stage_seconds(seen), "from_generate": generated is not None, "records": metrics.get("records"),
                "before": metrics.get("accuracyBefore"), "after": metrics.get("accuracyAfter"),
                "loss_first": metrics.get("lossFirst"), "loss": metrics.get("loss"), "checks": []}
         if stage["type"] == "rl" and rl is not None:
@@ -88,6 +94,10 @@ def verdict(row: dict, rl) -> str:
         problems.append(f"accuracy < {REWARD_ACCURACY}")
     if row["type"] == "preference" and row["algorithm"] == "dpo" and (before is None or after is None or after - before < DPO_GAIN):
         problems.append(f"gain < {DPO_GAIN}")
+    if row["type"] == "sft" and row["from_generate"] and (before is None or after is None or after - before < GENERATED_SFT_GAIN):
+        problems.append(f"gain < {GENERATED_SFT_GAIN}")
+    if row["type"] == "generate" and not row["records"]:
+        problems.append("no records")
     if row["type"] in COMPARISON_TYPES and not (row["loss"] is not None and row["loss_first"] is not None
                                                 and row["loss"] < row["loss_first"]):
         problems.append("loss did not fall")
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, rl)
     failed = [r for r in rows if verdict(r, rl) != "ok"]
     print(f"\n{len(chosen)} recipes, {len(rows)} stages, {len(failed)} missing a target (every stage < {STAGE_SECONDS:.0f} s; "
-          f"reward accuracy >= {REWARD_ACCURACY}; dpo gain >= {DPO_GAIN}; reward/preference/rank loss falls); workdir {workdir}")
+          f"reward accuracy >= {REWARD_ACCURACY}; dpo gain >= {DPO_GAIN}; sft on generated data gain >= {GENERATED_SFT_GAIN}; "
+          f"reward/preference/rank loss falls); workdir {workdir}")
     return 1 if failed or not rows else 0
 
 

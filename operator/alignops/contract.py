@@ -88,6 +88,7 @@ class Inputs(_Wire):
     policy: str | None = None
     reference: str | None = None
     reward_model: str | None = None
+    judge: str | None = None
 
 
 class DistributedRun(_Wire):

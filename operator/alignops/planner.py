@@ -164,6 +164,20 @@ def _resolve_ref(ref, status: JobStatus) -> str | None:
     return observed.checkpoint_uri if observed else None
 
 
+def _resolve_datasets(datasets, status: JobStatus):
+    """The stage's datasets with every ``fromStage`` replaced by that stage's committed dataset URI."""
+    if datasets is None:
+        return None
+    resolved = {}
+    for name in ("train", "eval"):
+        source = getattr(datasets, name)
+        if source is not None and source.from_stage is not None:
+            observed = status.stage(source.from_stage)
+            source = source.model_copy(update={"uri": observed.checkpoint_uri if observed else None, "from_stage": None})
+        resolved[name] = source
+    return datasets.model_copy(update=resolved)
+
+
 def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: int, defaults: Defaults,
                 role: str = "all", round_: int | None = None) -> StageRunConfig:
     """The resolved configuration of one run of a stage."""
@@ -172,7 +186,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
     storage = job.spec.storage
     namespace = job.metadata.namespace or defaults.namespace
     inputs = Inputs(**{name: _resolve_ref(getattr(stage, name, None), status) for name in info.inputs})
-    algorithm = getattr(stage, "algorithm", None) or info.default_algorithm
+    algorithm = getattr(stage, "algorithm", None) or getattr(stage, "method", None) or info.default_algorithm
     observed = status.stage(stage.name)  # a stage rerun from its inputs has a key of its own
     return StageRunConfig(
         job=JobRef(name=job.name, namespace=namespace, uid=job.metadata.uid),
@@ -184,7 +198,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
         round=round_,
         base_model=job.spec.model,
         inputs=inputs,
-        datasets=stage.datasets,
+        datasets=_resolve_datasets(stage.datasets, status),
         hyperparameters=stage.hyperparameters.model_dump(mode="json", by_alias=True),
         storage=StorageTarget(
             uri=storage.uri if storage else defaults.storage_uri,

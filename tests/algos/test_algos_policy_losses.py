@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from alignops.algos import apa_loss, clipped_value_loss, ppo_clip_loss
+from alignops.algos import POLICY_LOSSES, PolicyLossInputs, apa_loss, clipped_value_loss, p3o_loss, pair_partners, ppo_clip_loss
 
 L15, L05 = math.log(1.5), math.log(0.5)
 
@@ -76,3 +76,51 @@ def test_apa_loss_hand_computed():
     assert_close(apa_loss(logp, init, adv, m, lam=2.0), torch.tensor([[0.0, 0.25]]))
     # lam 1 -> (0.5 - 1)^2 = 0.25, (0.5 - 2)^2 = 2.25
     assert_close(apa_loss(logp, init, adv, m), torch.tensor([[0.25, 2.25]]))
+
+
+def test_p3o_loss_hand_computed_clipped():
+    # one pair, two tokens each (row 1's second token is padding: masked)
+    logp = torch.tensor([[0.1, 0.1], [0.0, 7.0]], requires_grad=True)
+    old = torch.tensor([[0.0, 0.0], [0.1, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([[0.5, 0.5], [-0.5, 0.0]])  # (R_0 - R_1) / 2 = 0.5 and its mirror
+    loss, clipfrac = p3o_loss(logp, old, adv, mask, 0.2)
+    # l_0 = 0.1 + 0.1 = 0.2; l_1 = -0.1 (the masked 7.0 is ignored); rho_01 = e^0.3 = 1.3499, rho_10 = e^-0.3 = 0.7408
+    # row 0: max(-0.5 * 1.3499, -0.5 * 1.2) = max(-0.6749, -0.6) = -0.6 (clipped above)
+    # row 1: max(0.5 * 0.7408, 0.5 * 0.8) = max(0.3704, 0.4) = 0.4 (clipped below)
+    assert_close(loss, torch.tensor([-0.6, 0.4]))
+    assert_close(clipfrac, torch.tensor(1.0))
+    loss.sum().backward()  # both clipped: no gradient
+    assert_close(logp.grad, torch.zeros(2, 2))
+
+
+def test_p3o_loss_hand_computed_gradient_is_the_pairwise_policy_gradient():
+    logp = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.05, 0.0], [0.0, 0.0]], requires_grad=True)
+    old = torch.zeros(4, 2)
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    adv = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0]])
+    loss, clipfrac = p3o_loss(logp, old, adv, mask, 0.2)
+    # pair (0, 1) at pi = pi_old: rho = 1, loss_0 = -1 * 1 = -1, loss_1 = +1; pair (2, 3): A = 0 -> 0
+    assert_close(loss, torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+    assert clipfrac.item() == 0.0
+    loss.sum().backward()
+    # loss_0 = -A_0 exp(l_0 - l_1): d/dlogp_0t = -1, d/dlogp_1t = +1
+    # loss_1 = -A_1 exp(l_1 - l_0) = exp(l_1 - l_0): d/dlogp_1t = +1, d/dlogp_0t = -1
+    # summed per token: row 0 -2, row 1 +2 (pair (2, 3) has A = 0: no gradient)
+    assert_close(logp.grad, torch.tensor([[-2.0, -2.0], [2.0, 2.0], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_p3o_pairs_and_registry_traits():
+    assert pair_partners(4).tolist() == [1, 0, 3, 2]
+    with pytest.raises(ValueError):
+        pair_partners(3)
+    assert POLICY_LOSSES.traits("p3o").pairwise and POLICY_LOSSES.traits("p3o").sequence_level
+    assert POLICY_LOSSES.traits("apa").needs_reference and not POLICY_LOSSES.traits("ppo_clip").sequence_level
+    logp, old, adv, mask = _tokens([1.5, 0.5], [1.0, -1.0])
+    # the registered ppo_clip is ppo_clip_loss; apa reads the reference's log-probs as pi_init
+    assert_close(POLICY_LOSSES.get("ppo_clip")(PolicyLossInputs(logp, old, adv, mask)).loss, ppo_clip_loss(logp, old, adv, mask).loss)
+    apa = POLICY_LOSSES.get("apa")(PolicyLossInputs(logp, old, adv, mask, ref_logp=old, apa_lambda=2.0))
+    # (log 1.5 - 0 - 1/2)^2 and (log 0.5 + 1/2)^2
+    assert_close(apa.loss, torch.tensor([[(L15 - 0.5) ** 2, (L05 + 0.5) ** 2]]))
+    with pytest.raises(ValueError):
+        POLICY_LOSSES.get("apa")(PolicyLossInputs(logp, old, adv, mask))

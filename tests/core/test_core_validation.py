@@ -141,3 +141,43 @@ def test_messages_and_cel_rules_name_input_fields_as_manifests_spell_them():
     for name, field in inputs:
         assert STAGE_TYPES[name].model.model_fields[field].alias == camel_case(field)
     assert camel_case("reward_model") == "rewardModel"
+
+
+def _generate_job(*stages) -> dict:
+    return {"apiVersion": "alignops.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": "gen"},
+            "spec": {"model": {"architecture": {"hiddenSize": 32, "layers": 1, "heads": 2}}, "stages": list(stages)}}
+
+
+GEN = {"name": "gen", "type": "generate", "method": "self_instruct"}
+PREFS = {"name": "prefs", "type": "generate", "method": "ai_preferences"}
+SFT_ON = lambda source: {"name": "sft", "type": "sft", "datasets": {"train": {"fromStage": source}}}  # noqa: E731
+
+
+@pytest.mark.parametrize("stages, words", [
+    ([SFT_ON("gen"), GEN], "no earlier stage named 'gen'"),
+    ([{"name": "base", "type": "sft", "datasets": {"train": {"generator": "arithmetic"}}}, SFT_ON("base")], "produces a policy, not a dataset"),
+    ([PREFS, SFT_ON("prefs")], "writes pairs records, but this sft stage reads sft"),
+    ([GEN, {"name": "sft", "type": "sft", "datasets": {"train": {"fromStage": "gen", "generator": "arithmetic"}}}],
+     "exactly one of uri, hub, generator or fromStage"),
+    ([{**GEN, "judge": {"uri": "file:///judge"}}], "judge labels pairs for method ai_preferences only"),
+])
+def test_a_dataset_from_a_stage_must_be_an_earlier_generate_stage_of_the_right_format(stages, words):
+    from alignops.api import InvalidManifest, parse_job
+    with pytest.raises(InvalidManifest) as caught:
+        parse_job(_generate_job(*stages))
+    assert any(words in str(e) for e in caught.value.errors), caught.value.errors
+
+
+def test_the_crd_checks_dataset_references_too():
+    from alignops.api import parse_job
+    from alignops.api.crd import build_crd
+    from core.cel import evaluate_rules
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    good = _generate_job(GEN, SFT_ON("gen"))
+    parse_job(good)
+    assert evaluate_rules(schema, good) == []
+    bad = _generate_job({"name": "base", "type": "sft", "datasets": {"train": {"generator": "arithmetic"}}}, SFT_ON("base"))
+    assert any("datasets.train.fromStage must name an earlier stage that produces a dataset" in f for f in evaluate_rules(schema, bad))
+    judged = _generate_job({**GEN, "judge": {"uri": "file:///judge"}})
+    assert any("judge labels pairs for method ai_preferences only" in f for f in evaluate_rules(schema, judged))
+    assert evaluate_rules(schema, _generate_job({**PREFS, "judge": {"uri": "file:///judge"}})) == []

@@ -6,11 +6,16 @@ from __future__ import annotations
 from alignops.api.stages import STAGE_TYPES
 
 
+# fields a stage type requires beyond name, type and datasets
+REQUIRED = {"generate": {"method": "self_instruct"}}
+
+
 def stage_manifest(type_: str, name: str | None = None, **extra) -> dict:
     """A minimal valid stage of ``type_`` on the arithmetic generator, in its dataset format."""
     info = STAGE_TYPES[type_]
     stage = {"name": name or f"s-{type_}", "type": type_,
              "datasets": {"train": {"generator": "arithmetic", "size": 50, "format": info.dataset_format}}}
+    stage.update(REQUIRED.get(type_, {}))
     stage.update(extra)
     return stage
 

@@ -9,10 +9,10 @@ import typing
 import jsonschema
 import pytest
 
-from alignops.algos import ADVANTAGE_ESTIMATORS, AGGREGATION_MODES, KL_ESTIMATORS
+from alignops.algos import ADVANTAGE_ESTIMATORS, AGGREGATION_MODES, KL_ESTIMATORS, POLICY_LOSSES
 from alignops.api import InvalidManifest, parse_job
 from alignops.api.crd import build_crd
-from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, REWARD_OPTIONS, RL_ALGORITHMS, KlSettings, RewardName, RlHyperparameters
+from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, POLICY_LOSS_OF, REWARD_OPTIONS, RL_ALGORITHMS, KlSettings, RewardName, RlHyperparameters
 from alignops.api.stages import STAGE_TYPES
 from alignops.workloads.rl.rewards import REWARD_FUNCTIONS
 from core.cel import evaluate_rules
@@ -62,6 +62,7 @@ def test_defaults_and_registration():
 def test_names_in_the_api_are_the_registries_names():
     assert {ADVANTAGE_ESTIMATOR_OF[a] for a in RL_ALGORITHMS} <= set(ADVANTAGE_ESTIMATORS.names())
     assert ADVANTAGE_ESTIMATOR_OF["ppo"] == "gae"
+    assert {POLICY_LOSS_OF[a] for a in RL_ALGORITHMS} == set(POLICY_LOSSES.names())
     assert set(typing.get_args(KlSettings.model_fields["estimator"].annotation.__args__[0])) == set(KL_ESTIMATORS.names())
     assert set(typing.get_args(RlHyperparameters.model_fields["loss_aggregation"].annotation)) == set(AGGREGATION_MODES.names())
     assert set(typing.get_args(RewardName)) == set(REWARD_FUNCTIONS.names()) == set(REWARD_OPTIONS)
@@ -75,6 +76,8 @@ def test_names_in_the_api_are_the_registries_names():
     (_rl(hyperparameters={"rewards": [{"name": "regex", "options": {"pattern": "("}}]}), "not a valid regular expression"),
     (_rl(hyperparameters={"kl": {"beta": 0, "target": 0.1}}), "needs kl.beta > 0"),
     (_rl(algorithm="a2c"), "ppo"),
+    (_rl(algorithm="p3o", hyperparameters={"samplesPerPrompt": 4}), "samplesPerPrompt: 2 and an even batchSize"),
+    (_rl(algorithm="p3o", hyperparameters={"samplesPerPrompt": 2, "batchSize": 7}), "samplesPerPrompt: 2 and an even batchSize"),
     (_rl(hyperparameters={"stop": [""]}), "at least 1 character"),
 ])
 def test_inconsistent_rl_stage_is_refused(stage, words):
@@ -95,6 +98,8 @@ def test_ppo_with_a_single_sample_is_fine():
 @pytest.mark.parametrize("stage, message", [
     (_rl(hyperparameters={"samplesPerPrompt": 1}), "samplesPerPrompt must be >= 2"),
     (_rl(algorithm="rloo", hyperparameters={"samplesPerPrompt": 1}), "samplesPerPrompt must be >= 2"),
+    (_rl(algorithm="p3o"), "need hyperparameters.samplesPerPrompt: 2 and an even batchSize"),
+    (_rl(algorithm="p3o", hyperparameters={"samplesPerPrompt": 2, "batchSize": 5}), "need hyperparameters.samplesPerPrompt: 2"),
     (_rl(hyperparameters={"rewards": [{"name": "reward_model"}]}), "the reward_model reward needs the rewardModel input"),
     (_rl(rewardModel={"uri": "file:///rm"}, hyperparameters={"rewards": [{"name": "exact_answer"}]}), "no reward in hyperparameters.rewards uses it"),
 ])
@@ -110,9 +115,11 @@ def test_the_crd_checks_the_reward_model_input_kind():
                                 hyperparameters={"samplesPerPrompt": 1}))
     assert _cel(good) == []
     assert _cel(_job(_rl(algorithm="ppo", hyperparameters={"samplesPerPrompt": 1}))) == []
+    assert _cel(_job(_rl(algorithm="p3o", hyperparameters={"samplesPerPrompt": 2}))) == []
+    parse_job(_job(_rl(algorithm="p3o", hyperparameters={"samplesPerPrompt": 2})))
 
 
 def test_rl_only_fields_are_refused_on_other_stage_types():
     doc = _job(dict(copy.deepcopy(SFT), hyperparameters={"rounds": 3}))
-    assert any("hyperparameters.rounds applies only to stage types rl" in f for f in _cel(doc))
+    assert any("hyperparameters.rounds applies only to stage types generate, rl" in f for f in _cel(doc))
     assert any("rounds" in e for e in _errors(doc))

@@ -33,7 +33,7 @@ def _overrides(document: dict) -> list[str]:
 def test_every_rl_algorithm_has_a_recipe():
     algorithms = {s.get("algorithm", "grpo") for p in RL_RECIPES for s in yaml.safe_load(p.read_text())["spec"]["stages"]
                   if s["type"] == "rl"}
-    assert {"ppo", "grpo", "rloo", "reinforce_pp", "remax"} <= algorithms
+    assert {"ppo", "grpo", "rloo", "reinforce_pp", "remax", "apa", "p3o"} <= algorithms
     placements = {s.get("hyperparameters", {}).get("placement", "colocated") for p in RL_RECIPES
                   for s in yaml.safe_load(p.read_text())["spec"]["stages"] if s["type"] == "rl"}
     assert placements == {"colocated", "split"}

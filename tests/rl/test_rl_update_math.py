@@ -175,6 +175,13 @@ def test_minibatch_order_covers_every_rollout_each_epoch_deterministically():
         assert sorted(torch.cat(epoch).tolist()) == list(range(10))
     assert all(torch.equal(a, b) for a, b in zip(steps, minibatch_order(hp, 5, 10)))
     assert not all(torch.equal(a, b) for a, b in zip(steps, minibatch_order(hp, 6, 10)))
+    # pairwise (p3o): pairs are permuted, each stays adjacent (2k, 2k+1) inside one mini-batch
+    pairs = minibatch_order(hp, round_=5, size=10, unit=2)
+    for epoch in (pairs[:3], pairs[3:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(10))
+    for step in pairs:
+        assert step[0::2].remainder(2).eq(0).all() and torch.equal(step[1::2], step[0::2] + 1)
+    assert RlPlan.resolve("p3o", _hp(samplesPerPrompt=2)).pairwise and RlPlan.resolve("apa", _hp(kl={"beta": 0})).use_reference
 
 
 def test_round_prompts_walk_seeded_permutations_without_repeats_within_an_epoch():

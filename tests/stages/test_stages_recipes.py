@@ -26,7 +26,10 @@ def comparison_recipes() -> list[Path]:
     def types(p: Path) -> set:
         return {s.get("type") for s in yaml.safe_load(p.read_text())["spec"]["stages"]}
 
-    return sorted(p for p in (ROOT / "pipelines").glob("*.yaml") if COMPARISON_TYPES & types(p) and "rl" not in types(p))
+    # recipes with a generate stage run in tests/workloads/test_workloads_generate.py (their tiny
+    # models write too little through the parsers for a comparison stage to learn from)
+    return sorted(p for p in (ROOT / "pipelines").glob("*.yaml")
+                  if COMPARISON_TYPES & types(p) and not {"rl", "generate"} & types(p))
 
 
 SMALL = [

@@ -1,7 +1,7 @@
 """alignops.algos: the tensor math of alignment training (no I/O, only torch).
 
 Functions are small and pure; families of interchangeable algorithms are looked up by name in
-registries (``PREFERENCE_LOSSES``, ``REWARD_LOSSES``, ``ADVANTAGE_ESTIMATORS``,
+registries (``PREFERENCE_LOSSES``, ``REWARD_LOSSES``, ``ADVANTAGE_ESTIMATORS``, ``POLICY_LOSSES``,
 ``KL_ESTIMATORS``, ``AGGREGATION_MODES``). Formulas and the differences between verl,
 OpenRLHF and TRL are documented in each docstring and in docs/algorithms.md.
 """
@@ -45,7 +45,17 @@ from .logprobs import (
     sequence_logprob,
     token_logprobs,
 )
-from .policy_losses import PolicyLossOutput, apa_loss, clipped_value_loss, ppo_clip_loss
+from .policy_losses import (
+    POLICY_LOSSES,
+    PolicyLossInputs,
+    PolicyLossOutput,
+    PolicyLossTraits,
+    apa_loss,
+    clipped_value_loss,
+    p3o_loss,
+    pair_partners,
+    ppo_clip_loss,
+)
 from .preference_losses import (
     PREFERENCE_LOSSES,
     KTOInputs,
@@ -128,8 +138,13 @@ __all__ = [
     "remax",
     "kimi_length_reward",
     # policy / value losses, KL
+    "POLICY_LOSSES",
+    "PolicyLossInputs",
+    "PolicyLossTraits",
     "PolicyLossOutput",
     "ppo_clip_loss",
+    "p3o_loss",
+    "pair_partners",
     "clipped_value_loss",
     "apa_loss",
     "LOG_RATIO_CLAMP",

@@ -147,8 +147,14 @@ class DatasetSource(ApiModel):
         None, max_length=192, pattern=HUB_REPO_PATTERN,
         description="A Hugging Face Hub dataset, ORG/NAME (token from HF_TOKEN; offline, HF_HUB_OFFLINE=1 reads the cache).",
     )
-    generator: Literal["arithmetic"] | None = Field(
-        None, description="Built-in generator: `arithmetic` makes the verifiable demo task (sums of small numbers)."
+    from_stage: str | None = Field(
+        None, max_length=20, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Name of an earlier `generate` stage whose committed dataset is read.",
+    )
+    generator: Literal["arithmetic", "arithmetic_task_lists", "sum_programs"] | None = Field(
+        None, description="Built-in generator: `arithmetic` makes the verifiable demo task (sums of small numbers); "
+        "`arithmetic_task_lists` its sft records, every fourth a self_instruct task list (teaches a tiny model the list format "
+        "a pretrained one knows); `sum_programs` tiny Python programs printing a sum (sft and prompts, for code_execution).",
     )
     split: str | None = Field(
         None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -175,12 +181,12 @@ class DatasetSource(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "DatasetSource":
-        if sum(x is not None for x in (self.uri, self.hub, self.generator)) != 1:
-            raise ValueError("set exactly one of uri, hub or generator")
+        if sum(x is not None for x in (self.uri, self.hub, self.generator, self.from_stage)) != 1:
+            raise ValueError("set exactly one of uri, hub, generator or fromStage")
         if self.revision is not None and self.hub is None:
             raise ValueError("revision applies to hub datasets only")
-        if self.generator is not None and (self.streaming or self.split or self.subset or self.fields):
-            raise ValueError("streaming, split, subset and fields apply to uri or hub datasets, not to a generator")
+        if (self.generator is not None or self.from_stage is not None) and (self.streaming or self.split or self.subset or self.fields):
+            raise ValueError("streaming, split, subset and fields apply to uri or hub datasets, not to a generator or fromStage")
         return self
 
 

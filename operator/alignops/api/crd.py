@@ -172,6 +172,15 @@ def spec_rules() -> list[Schema]:
                     f"({names}.indexOf(s.{alias}.fromStage) >= 0 && {names}.indexOf(s.{alias}.fromStage) < {names}.indexOf(s.name)))",
             "message": f"{alias}.fromStage must name an earlier stage",
         })
+    producers = _types_with(lambda _n, i: i.produces == "dataset")
+    for split in ("train", "eval"):
+        ref = f"s.datasets.{split}.fromStage"
+        rules.append({
+            "rule": f"self.stages.all(s, !has(s.datasets) || !has(s.datasets.{split}) || !has({ref}) || "
+                    f"({names}.indexOf({ref}) >= 0 && {names}.indexOf({ref}) < {names}.indexOf(s.name) && "
+                    f"self.stages.exists(t, t.name == {ref} && t.type in {_cel_list(producers)})))",
+            "message": f"datasets.{split}.fromStage must name an earlier stage that produces a dataset ({', '.join(producers)})",
+        })
     for type_name, info in STAGE_TYPES.items():
         for field, accepted in info.inputs.items():
             alias = camel_case(field)

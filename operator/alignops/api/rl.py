@@ -16,23 +16,32 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from alignops.api.base import ApiModel, camel_case
 from alignops.api.hyperparameters import OptimizerCore, RetentionSettings
 
-RL_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax")
-# algorithm -> advantage estimator of alignops.algos.ADVANTAGE_ESTIMATORS (ppo = GAE with a critic)
-ADVANTAGE_ESTIMATOR_OF: dict[str, str] = {**{a: a for a in RL_ALGORITHMS}, "ppo": "gae"}
+RL_ALGORITHMS: tuple[str, ...] = ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax",
+                                  "apa", "p3o")
+# algorithm -> advantage estimator of alignops.algos.ADVANTAGE_ESTIMATORS (ppo = GAE with a critic; apa
+# regresses onto GRPO's group-normalised advantage, no critic; p3o's relative advantage (R_i - R_j) / 2 is
+# the group-mean baseline over a pair)
+ADVANTAGE_ESTIMATOR_OF: dict[str, str] = {**{a: a for a in RL_ALGORITHMS}, "ppo": "gae", "apa": "grpo", "p3o": "dr_grpo"}
+# algorithm -> policy loss of alignops.algos.POLICY_LOSSES (every other algorithm: the PPO clipped surrogate)
+POLICY_LOSS_OF: dict[str, str] = {**{a: "ppo_clip" for a in RL_ALGORITHMS}, "apa": "apa", "p3o": "p3o"}
 # algorithms whose baseline is the other responses to the same prompt: they need >= 2 samples per prompt
-GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+GROUP_ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "apa")
+# algorithms that compare exactly two responses per prompt (samplesPerPrompt 2, an even batchSize)
+PAIR_ALGORITHMS: tuple[str, ...] = ("p3o",)
 # algorithms whose KL term defaults to the loss (DeepSeekMath GRPO); the rest shape the reward
 KL_IN_LOSS_BY_DEFAULT: tuple[str, ...] = ("grpo", "dr_grpo")
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-RewardName = Literal["exact_answer", "regex", "length_penalty", "kimi_length", "reward_model"]
+RewardName = Literal["exact_answer", "arithmetic", "regex", "length_penalty", "kimi_length", "reward_model", "code_execution"]
 # reward function -> the options it reads (all others must be left out)
 REWARD_OPTIONS: dict[str, tuple[str, ...]] = {
     "exact_answer": (),
+    "arithmetic": (),
     "regex": ("pattern", "full_match"),
     "length_penalty": ("free_tokens",),
     "kimi_length": (),
     "reward_model": (),
+    "code_execution": ("timeout_seconds", "memory_mb"),
 }
 
 
@@ -46,6 +55,12 @@ class RewardOptions(ApiModel):
     full_match: bool | None = Field(None, description="regex: the whole response must match (default: a match anywhere).")
     free_tokens: int | None = Field(
         None, ge=0, le=131072, description="length_penalty: tokens allowed before the penalty starts (default 0).",
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, le=600, description="code_execution: wall-clock seconds a program may run before it is killed (default 2).",
+    )
+    memory_mb: int | None = Field(
+        None, ge=32, le=65536, description="code_execution: address space a program may use, MiB (default 256).",
     )
 
     @field_validator("pattern")
@@ -65,10 +80,13 @@ class RewardTerm(ApiModel):
     name: RewardName = Field(
         ...,
         description="exact_answer: 1 if the response's answer equals the record's `answer` (demo task: leading digits), else 0; "
+        "arithmetic: 1 if the prompt is a demo sum `a+b=` and the response's leading digits are that sum (no `answer` needed), else 0; "
         "regex: 1 if the response matches options.pattern (a format reward), else 0; "
         "length_penalty: -max(0, tokens - options.freeTokens) / maxNewTokens; "
         "kimi_length: Kimi k1.5 length reward within each prompt's group (correct: lambda, wrong: min(0, lambda)); "
-        "reward_model: the score of the `rewardModel` input (a `reward` stage's sequence classifier).",
+        "reward_model: the score of the `rewardModel` input (a `reward` stage's sequence classifier); "
+        "code_execution: runs the response's Python code (its first ``` block, else all of it) in a sandbox "
+        "(docs/sandbox.md): 1 if it exits 0 and prints the record's `answer` (any output without one), else 0.",
     )
     weight: float = Field(1.0, ge=-100, le=100, description="Multiplier of this function's reward in the sum.")
     options: RewardOptions | None = Field(None, description="The function's options (only those it reads).")
@@ -149,6 +167,10 @@ class RlHyperparameters(OptimizerCore, RetentionSettings):
     gamma: float = Field(1.0, ge=0, le=1, description="Discount of token rewards (gae, reinforce_pp, remax).")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (ppo).")
     critic: CriticSettings = Field(default_factory=CriticSettings, description="The value model (ppo only).")
+    apa_lambda: float = Field(
+        1.0, gt=0, le=1000,
+        description="apa: lambda of the squared loss (log pi - log pi_init - A / lambda)^2; larger keeps the policy nearer its start.",
+    )
     rewards: list[RewardTerm] | None = Field(
         None, max_length=8,
         description="Reward functions and weights; default: reward_model when rewardModel is given, else exact_answer.",

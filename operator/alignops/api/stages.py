@@ -17,7 +17,8 @@ from alignops.api.hyperparameters import (
     RewardHyperparameters,
     SftHyperparameters,
 )
-from alignops.api.rl import GROUP_ALGORITHMS, RL_ALGORITHMS, RlHyperparameters
+from alignops.api.generate import GENERATE_METHODS, GenerateHyperparameters
+from alignops.api.rl import GROUP_ALGORITHMS, PAIR_ALGORITHMS, RL_ALGORITHMS, RlHyperparameters
 
 # What a stage leaves behind, so references can be checked for the right kind.
 Produces = Literal["policy", "rewardModel", "dataset"]
@@ -108,8 +109,9 @@ class RlStage(StageBase):
     type: Literal["rl"] = Field(..., description="Stage type.")
     algorithm: Literal[RL_ALGORITHMS] = Field(  # type: ignore[valid-type]
         "grpo",
-        description="Advantage estimator: ppo (GAE with a critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline or remax "
-        "(baseline: the reward of the greedy response).",
+        description="Algorithm: ppo (GAE with a critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax "
+        "(baseline: the reward of the greedy response), apa (squared loss of the log-ratio to the start against A / apaLambda, "
+        "A group-normalised) or p3o (pairwise PPO on two responses per prompt).",
     )
     policy: StageRef | None = Field(None, description="Model to optimise; defaults to spec.model.")
     reference: StageRef | None = Field(None, description="Frozen reference of the KL penalty; defaults to the policy's starting checkpoint.")
@@ -123,11 +125,39 @@ class RlStage(StageBase):
         hp = self.hyperparameters
         if self.algorithm in GROUP_ALGORITHMS and hp.samples_per_prompt < 2:
             raise ValueError(f"algorithm {self.algorithm} compares the responses to one prompt: set hyperparameters.samplesPerPrompt >= 2")
+        if self.algorithm in PAIR_ALGORITHMS and (hp.samples_per_prompt != 2 or hp.batch_size % 2):
+            raise ValueError(f"algorithm {self.algorithm} compares pairs of responses: set hyperparameters.samplesPerPrompt: 2 "
+                             "and an even batchSize")
         names = {term.name for term in hp.rewards or []}
         if "reward_model" in names and self.reward_model is None:
             raise ValueError("reward reward_model needs the rewardModel input (e.g. rewardModel: {fromStage: <a reward stage>})")
         if self.reward_model is not None and hp.rewards is not None and "reward_model" not in names:
             raise ValueError("rewardModel is given but no reward in hyperparameters.rewards uses it; add {name: reward_model}")
+        return self
+
+
+JUDGE_MESSAGE = "judge labels pairs for method ai_preferences only: remove it, or use method ai_preferences"
+
+
+class GenerateStage(StageBase):
+    """A model writes a dataset to storage for a later stage (``datasets.train.fromStage``):
+    self_instruct, evol_instruct and self_align (instruction data), constitutional (SL-CAI
+    revisions, sft data) or ai_preferences (RL-CAI / RLAIF pairs for a reward or preference stage).
+    ``datasets.train`` holds the seed tasks or prompts (default: the package's seed tasks);
+    ``datasets.eval``, when given, is kept out of the generated instructions (ROUGE-L)."""
+
+    type: Literal["generate"] = Field(..., description="Stage type.")
+    method: Literal[GENERATE_METHODS] = Field(  # type: ignore[valid-type]
+        ..., description="self_instruct, evol_instruct, self_align, constitutional (SL-CAI) or ai_preferences (RL-CAI / RLAIF).",
+    )
+    policy: StageRef | None = Field(None, description="The model that writes; defaults to spec.model.")
+    judge: StageRef | None = Field(None, description="ai_preferences: the model that labels the pairs; defaults to the policy.")
+    hyperparameters: GenerateHyperparameters = Field(default_factory=GenerateHyperparameters, description="Generation settings.")
+
+    @model_validator(mode="after")
+    def _judge_only_for_preferences(self) -> "GenerateStage":
+        if self.judge is not None and self.method != "ai_preferences":
+            raise ValueError(JUDGE_MESSAGE)
         return self
 
 
@@ -161,6 +191,9 @@ STAGE_TYPES: dict[str, StageType] = {
                                     RPO_MESSAGE),)),
     "rank": StageType(model=RankStage, produces="policy", inputs={"policy": ("policy",)},
                       algorithms=("rrhf",), default_algorithm="rrhf", dataset_format="rankings"),
+    "generate": StageType(model=GenerateStage, produces="dataset", inputs={"policy": ("policy",), "judge": ("policy",)},
+                          dataset_format="prompts",
+                          rules=(("!has(self.judge) || self.method == 'ai_preferences'", JUDGE_MESSAGE),)),
     "rl": StageType(
         model=RlStage, produces="policy",
         inputs={"policy": ("policy",), "reference": ("policy",), "reward_model": ("rewardModel",)},
@@ -169,6 +202,10 @@ STAGE_TYPES: dict[str, StageType] = {
             ("!has(self.hyperparameters) || !has(self.hyperparameters.samplesPerPrompt) || self.hyperparameters.samplesPerPrompt >= 2"
              " || (has(self.algorithm) && !(self.algorithm in [" + ", ".join(f"'{a}'" for a in GROUP_ALGORITHMS) + "]))",
              "hyperparameters.samplesPerPrompt must be >= 2 for the group algorithms (" + ", ".join(GROUP_ALGORITHMS) + ")"),
+            ("!has(self.algorithm) || !(self.algorithm in [" + ", ".join(f"'{a}'" for a in PAIR_ALGORITHMS) + "])"
+             " || (has(self.hyperparameters) && has(self.hyperparameters.samplesPerPrompt) && self.hyperparameters.samplesPerPrompt == 2"
+             " && (!has(self.hyperparameters.batchSize) || self.hyperparameters.batchSize % 2 == 0))",
+             "the pairwise algorithms (" + ", ".join(PAIR_ALGORITHMS) + ") need hyperparameters.samplesPerPrompt: 2 and an even batchSize"),
             ("!has(self.hyperparameters) || !has(self.hyperparameters.rewards) || !self.hyperparameters.rewards.exists(r, r.name == 'reward_model')"
              " || has(self.rewardModel)",
              "the reward_model reward needs the rewardModel input"),

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from alignops.api.base import camel_case
 from alignops.api.distributed import BATCH_SPLIT_MESSAGE, process_count
+from alignops.api.generate import GENERATED_FORMAT
 from alignops.api.job import AlignmentJob
 from alignops.api.stages import STAGE_TYPES
 
@@ -102,6 +103,7 @@ def semantic_errors(job: AlignmentJob) -> list[FieldError]:
                 produced = STAGE_TYPES[job.spec.stages[target_index].type].produces
                 if produced not in accepted:
                     errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} produces a {produced}, but {camel_case(field_name)} needs a {' or '.join(accepted)}"))
+        errors += _dataset_ref_errors(job, index)
         if stage.resources.gpus > info.max_gpus:
             errors.append(FieldError(f"{path}.resources.gpus", f"{stage.resources.gpus} GPUs requested, but stage type {stage.type} trains on at most {info.max_gpus} GPU per run for now; set gpus: {info.max_gpus}"))
         processes = process_count(stage.resources.gpus, stage.resources.nodes)
@@ -149,6 +151,31 @@ def metadata_errors(document: dict) -> list[FieldError]:
             if size > ANNOTATIONS_SIZE_LIMIT:
                 errors.append(FieldError("metadata.annotations", f"the annotations hold {size} bytes; the API server "
                                                                   f"allows at most {ANNOTATIONS_SIZE_LIMIT} (256 KiB) in all"))
+    return errors
+
+
+def _dataset_ref_errors(job: AlignmentJob, index: int) -> list[FieldError]:
+    """``datasets.<train|eval>.fromStage`` must name an earlier ``generate`` stage whose records are
+    of the format the stage reads."""
+    stage, errors = job.spec.stages[index], []
+    for split in ("train", "eval"):
+        source = getattr(stage.datasets, split, None) if stage.datasets else None
+        if source is None or source.from_stage is None:
+            continue
+        path = f"spec.stages[{index}].datasets.{split}.fromStage"
+        target = next((i for i, s in enumerate(job.spec.stages) if s.name == source.from_stage), None)
+        if target is None or target >= index:
+            errors.append(FieldError(path, f"no earlier stage named {source.from_stage!r}; name a generate stage that runs before {stage.name!r}"))
+            continue
+        producer = job.spec.stages[target]
+        if STAGE_TYPES[producer.type].produces != "dataset":
+            errors.append(FieldError(path, f"stage {source.from_stage!r} produces a {STAGE_TYPES[producer.type].produces}, not a dataset; "
+                                           "name a generate stage"))
+            continue
+        written, read = GENERATED_FORMAT[producer.method], source.format or STAGE_TYPES[stage.type].dataset_format
+        if written != read:
+            errors.append(FieldError(path, f"stage {source.from_stage!r} ({producer.method}) writes {written} records, but this "
+                                           f"{stage.type} stage reads {read}; use a method that writes {read}"))
     return errors
 
 

@@ -39,6 +39,14 @@ def is_held_out(problem: Problem) -> bool:
     return digest[0] % HELD_OUT_BUCKETS == 0
 
 
+def sum_asked(prompt: str) -> str | None:
+    """The sum an ``a+b=`` prompt asks for (None for any other text): the verifier of generated tasks."""
+    left, plus, right = prompt.strip().rstrip("=").partition("+")
+    if not (plus and prompt.strip().endswith("=") and left.isdigit() and right.isdigit()):
+        return None
+    return str(int(left) + int(right))
+
+
 def extract_answer(completion: str) -> str:
     """The number a model wrote: leading digits of the completion, up to the first non-digit."""
     digits = []
@@ -116,6 +124,21 @@ def prompt_records(problems: list[Problem], rng: random.Random) -> Iterator[dict
         yield {"prompt": p.prompt, "answer": p.answer}
 
 
+def task_list_records(problems: list[Problem], rng: random.Random) -> Iterator[dict]:
+    """SFT records of the sums, every fourth one instead a self_instruct task list (the generate
+    stage's default template filled with 2-5 tasks of the training pool, the completion one more):
+    a pretrained model continues such a list in context; the tiny demo model learns the format here."""
+    from alignops.workloads.generate.resources import load_templates, task_list_prompt
+
+    templates = load_templates()
+    for i, p in enumerate(problems):
+        if i % 4 == 3:
+            tasks = [t for t in (rng.choice(problems).prompt for _ in range(rng.randint(2, 5))) if t != p.prompt]
+            yield {"prompt": task_list_prompt(templates, tasks), "completion": " " + p.prompt}
+        else:
+            yield {"prompt": p.prompt, "completion": p.answer}
+
+
 GENERATORS: dict[str, Callable[[list[Problem], random.Random], Iterator[dict]]] = {
     "sft": sft_records,
     "pairs": pair_records,
@@ -123,6 +146,17 @@ GENERATORS: dict[str, Callable[[list[Problem], random.Random], Iterator[dict]]] 
     "unpaired": unpaired_records,
     "prompts": prompt_records,
 }
+
+
+def generate_task_lists(format: str, size: int, seed: int, held_out: bool = False, max_operand: int = 99) -> list[dict]:
+    """The ``arithmetic_task_lists`` generator: sft records with task lists mixed in (the held-out
+    split is the plain sums: what the model is evaluated on)."""
+    if format != "sft":
+        raise ValueError(f"the arithmetic_task_lists generator makes sft records, not {format!r}")
+    if held_out:
+        return generate("sft", size, seed, held_out=True, max_operand=max_operand)
+    problems = ArithmeticTask(max_operand=max_operand).sample(size, seed, held_out)
+    return list(task_list_records(problems, random.Random(derive_seed(seed, (RECORD_FORMAT, 1)))))
 
 
 def generate(format: str, size: int, seed: int, held_out: bool = False, max_operand: int = 99) -> list[dict]:

@@ -24,9 +24,12 @@ from typing import Any
 
 from alignops.api.common import DatasetSource
 from alignops.demo import generate
-from alignops.storage import StorageOptions
+from alignops.storage import MANIFEST_NAME, StorageOptions, fetch_checkpoint
+from alignops.storage.base import join_key
+from alignops.storage.checkpoints import ChecksumMismatch
 from alignops.storage.locate import locate
-from alignops.workloads.data.records import DatasetError, json_lines, json_lines_line
+from alignops.storage.manifest import sha256_file
+from alignops.workloads.data.records import DATASET_FILE, GENERATION_REPORT, DatasetError, json_lines, json_lines_line
 
 # file extension -> the ``datasets`` builder that reads it
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -148,6 +151,9 @@ def _local_files(source: DatasetSource, options: StorageOptions | None, scratch:
     uri = source.uri
     try:
         store, key = locate(uri, options)
+        committed = _committed_dataset(store, key, uri, scratch)
+        if committed is not None:  # a generate stage's output: read only once verified
+            return committed, uri, (key, committed.stat().st_size, sha256_file(committed))
         local = store.local_path(key)
         if local is not None:
             if not local.exists():
@@ -164,6 +170,24 @@ def _local_files(source: DatasetSource, options: StorageOptions | None, scratch:
         return target, uri, ((key, moved.size, moved.sha256),)
     except FileNotFoundError as exc:  # the storage layer's ObjectNotFound among them
         raise DatasetError(f"dataset {uri} not found: {exc}") from None
+
+
+def _committed_dataset(store, key: str, uri: str, scratch: Path) -> Path | None:
+    """The data file of a committed dataset directory (what a ``generate`` stage writes: files
+    first, manifest last), verified against its manifest; None when ``key`` is no such directory."""
+    if not store.exists(join_key(key, MANIFEST_NAME)):
+        if store.exists(join_key(key, GENERATION_REPORT)):  # written before the manifest: an unfinished commit
+            raise DatasetError(f"dataset {uri} is a generate stage's output that was never committed (no {MANIFEST_NAME}); "
+                               "rerun that stage, or read its output with fromStage")
+        return None
+    try:
+        directory = fetch_checkpoint(store, key, scratch / "datasets-committed")
+    except ChecksumMismatch as exc:
+        raise DatasetError(f"dataset {uri}: {exc}") from None
+    path = directory / DATASET_FILE
+    if not path.is_file():
+        raise DatasetError(f"dataset {uri}: the committed directory has no {DATASET_FILE}")
+    return path
 
 
 def _hub_snapshot(source: DatasetSource) -> tuple[Path, str]:
@@ -250,9 +274,12 @@ def locate_source(source: DatasetSource, options: StorageOptions | None, scratch
     """Find (download, for S3 and the Hub) the source's data."""
     if source.generator is not None:
         fmt = source.format or default_format
-        records = generate(fmt, source.size, source.seed, held_out=held_out, max_operand=source.max_operand)
+        records = generate(fmt, source.size, source.seed, held_out=held_out, max_operand=source.max_operand,
+                           task=source.generator)
         name = f"generator {source.generator}{' (held out)' if held_out else ''}"
         return Located(source, None, name, ("generator", fmt, held_out), records)
+    if source.from_stage is not None and source.uri is None:
+        raise DatasetError(f"dataset fromStage {source.from_stage!r} is not resolved: that stage has no committed output yet")
     if source.hub is not None:
         path, name = _hub_snapshot(source)
         return Located(source, path, name, ("hub", name, path.name))

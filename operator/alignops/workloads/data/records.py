@@ -11,6 +11,12 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from alignops.workloads.context import ConfigError
 
 
+# the records file of a committed dataset directory (what a generate stage writes), and its report,
+# written before the manifest too
+DATASET_FILE = "data.jsonl"
+GENERATION_REPORT = "generation.json"
+
+
 class DatasetError(ConfigError, ValueError):
     """A dataset that cannot be read or has the wrong format (a configuration error)."""
 

@@ -3,6 +3,8 @@ the loss on held-out SFT records."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from alignops.algos import IGNORE_INDEX
@@ -31,10 +33,12 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return out
 
 
-def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 6) -> float:
-    """Share of records whose greedy completion holds the reference ``answer``."""
+def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 6,
+                    correct: Callable[[str, str], bool] = is_correct) -> float:
+    """Share of records whose greedy completion holds the reference ``answer`` (``correct``: the
+    demo task's check, ``alignops.demo.task_of``)."""
     completions = greedy_completions(model, tokenizer, [r["prompt"] for r in records], max_new_tokens)
-    return sum(is_correct(c, r["answer"]) for c, r in zip(completions, records)) / max(1, len(records))
+    return sum(correct(c, r["answer"]) for c, r in zip(completions, records)) / max(1, len(records))
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ prompts with answers, and which prompts each round reads."""
 from __future__ import annotations
 
 from alignops.api.rl import RlHyperparameters
+from alignops.demo import DemoTask, task_of
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data.chat import Chat
 from alignops.workloads.data.held_out import held_out_records
@@ -28,6 +29,13 @@ def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[lis
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"held-out data: {exc}") from None
     return data.items, held
+
+
+def held_out_task(ctx: RunContext, hp: RlHyperparameters) -> DemoTask:
+    """The demo task whose check scores the held-out greedy answers (the arithmetic one for files)."""
+    datasets = ctx.config.datasets
+    source = datasets.eval if datasets.eval is not None else datasets.train
+    return task_of(source.generator)
 
 
 def round_prompts(prompts: list[dict], hp: RlHyperparameters, round_: int) -> list[dict]:

@@ -8,6 +8,8 @@ two in step).
 
 - ``exact_answer``: 1 if the response's answer equals the record's ``answer`` (the demo task's
   ``alignops.demo.arithmetic.is_correct``: leading digits), else 0.
+- ``arithmetic``: 1 if the prompt is a demo sum ``a+b=`` and the response's leading digits are
+  that sum, else 0: the demo's verifier for generated tasks, which have no reference answer.
 - ``regex``: 1 if the response matches ``pattern`` (anywhere, or whole with ``fullMatch``), else 0.
 - ``length_penalty``: ``-max(0, T - freeTokens) / maxNewTokens`` with T the response's tokens.
 - ``kimi_length``: Kimi k1.5's length reward within each prompt's group
@@ -15,11 +17,16 @@ two in step).
 - ``reward_model``: the ``rewardModel`` input's score (``AutoModelForSequenceClassification``,
   ``num_labels=1``, read at the last non-pad token) of ``bos + prompt + response + eos``, the
   tokenisation its ``reward`` stage trained on.
+- ``code_execution`` (RLTF, code RLVR): the response's Python code runs in the sandbox
+  (``alignops.workloads.sandbox``, threat model in docs/sandbox.md); 1 if it exits 0 and its
+  stdout (stripped) is the record's ``answer`` (any output when the record has none), else 0.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,11 +36,12 @@ import torch
 from alignops.algos import kimi_length_reward
 from alignops.algos.registry import Registry
 from alignops.api.rl import RewardOptions, RewardTerm
-from alignops.demo.arithmetic import is_correct
+from alignops.demo.arithmetic import is_correct, sum_asked
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.sft import reward_example
 from alignops.workloads.models.loading import load_reward_model, load_tokenizer
 from alignops.workloads.models.scoring import reward_scores
+from alignops.workloads.sandbox import Limits, Outcome, run_programs
 
 
 @dataclass
@@ -77,6 +85,16 @@ def _correct(batch: ScoringBatch) -> torch.Tensor:
 @REWARD_FUNCTIONS.register("exact_answer")
 def exact_answer(options: RewardOptions, resources: RewardResources) -> RewardFn:
     return lambda batch: _correct(batch).float()
+
+
+@REWARD_FUNCTIONS.register("arithmetic")
+def arithmetic(options: RewardOptions, resources: RewardResources) -> RewardFn:
+    """The demo task's verifier on the prompt alone (generated tasks have no reference answer)."""
+    def fn(batch: ScoringBatch) -> torch.Tensor:
+        sums = [sum_asked(p) for p in batch.prompts]
+        return torch.tensor([s is not None and is_correct(r, s) for r, s in zip(batch.responses, sums)], dtype=torch.float32)
+
+    return fn
 
 
 @REWARD_FUNCTIONS.register("regex")
@@ -125,6 +143,41 @@ def reward_model(options: RewardOptions, resources: RewardResources) -> RewardFn
     if resources.reward_model_dir is None:
         raise ConfigError("the reward_model reward needs the rewardModel input")
     return RewardModelScorer(resources.reward_model_dir, resources.device, resources.batch_size, resources.place)
+
+
+CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_code(response: str) -> str:
+    """The program in a response: its first fenced block (```python ... ```), else all of it."""
+    match = CODE_BLOCK.search(response)
+    return match.group(1) if match else response
+
+
+def execution_reward(outcome: Outcome, expected: str | None) -> float:
+    """1 when the program exited 0 in time and printed ``expected`` (stripped; any output when None)."""
+    if not outcome.succeeded:
+        return 0.0
+    return float(expected is None or outcome.stdout.strip() == expected.strip())
+
+
+@REWARD_FUNCTIONS.register("code_execution")
+def code_execution(options: RewardOptions, resources: RewardResources) -> RewardFn:
+    seconds = options.timeout_seconds or 2.0
+    limits = Limits(wall_seconds=seconds, cpu_seconds=max(1, math.ceil(seconds)), memory_mb=options.memory_mb or 256)
+    warned = []
+
+    def fn(batch: ScoringBatch) -> torch.Tensor:
+        # the sandbox's directories go to the temp directory (TMPDIR: the pod's scratch volume), whose
+        # parents the sandbox uid can pass through, unlike the stage's private scratch directory
+        outcomes, isolation = run_programs([extract_code(r) for r in batch.responses], limits)
+        if not warned:
+            warned.append(True)
+            for gap in isolation.missing():
+                print(f"warning: code_execution sandbox: {gap} (docs/sandbox.md)", file=sys.stderr)
+        return torch.tensor([execution_reward(o, a) for o, a in zip(outcomes, batch.answers)], dtype=torch.float32)
+
+    return fn
 
 
 class RewardMix:

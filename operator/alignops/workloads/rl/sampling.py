@@ -163,7 +163,7 @@ def engine_extra(hp: RlHyperparameters, model_config, device: torch.device) -> d
     return {"autocast": autocast,
             "dtype": "bfloat16" if autocast == torch.bfloat16 else "float32",
             "max_model_len": min(budget, context) if context else budget,
-            "colocated": hp.placement == "colocated"}
+            "colocated": getattr(hp, "placement", "colocated") == "colocated"}  # a generate stage samples in place
 
 
 def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directory: Path | None):

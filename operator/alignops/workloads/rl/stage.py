@@ -72,7 +72,7 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext
 from alignops.contract import StageResult
-from alignops.workloads.rl.prompts import load_prompts
+from alignops.workloads.rl.prompts import held_out_task, load_prompts
 from alignops.workloads.rl.sampling import RoundSampler, engine_for, reward_mix, rollout_policy
 from alignops.workloads.rl.store import load_rollouts
 from alignops.workloads.rl.trainer import RlState, Trainer
@@ -123,7 +123,7 @@ def train_run(ctx: RunContext, hp: RlHyperparameters, plan: RlPlan) -> StageResu
     first, last = (config.round or 1, config.round or 1) if config.role == "train" else (None, hp.rounds)
     trainer = Trainer(ctx, hp, plan)
     prompts, held = load_prompts(ctx, hp, trainer.tokenizer)
-    trainer.begin(held)
+    trainer.begin(held, held_out_task(ctx, hp).is_correct)
     done = trainer.state.rounds_done
     if first is None:
         first = done + 1

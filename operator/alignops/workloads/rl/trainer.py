@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -15,6 +16,7 @@ from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.rl.critic import CRITIC_DIR, CRITIC_PREFIX, build_critic, load_critic
 from alignops.contract import StageResult
+from alignops.demo.arithmetic import is_correct
 from alignops.workloads.evaluation.generation import greedy_accuracy
 from alignops.workloads.models.loading import pick_device
 from alignops.workloads.models.policy import initial_model, input_checkpoint, starting_policy
@@ -53,6 +55,7 @@ class Trainer:
     def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan):
         self.ctx, self.hp, self.plan = ctx, hp, plan
         self.eval_records: list[dict] = []
+        self.check: Callable[[str, str], bool] = is_correct
         start = starting_policy(ctx)
         self.start = start
         self.model, self.tokenizer = start.model, start.tokenizer
@@ -75,9 +78,10 @@ class Trainer:
         self.kl = kl_controller(hp, self.state.kl_coef)
         self.update = PolicyUpdate(plan, hp, self.model, self.critic, self.loop)
 
-    def begin(self, eval_records: list[dict]) -> None:
-        """Set the held-out prompts; a fresh stage evaluates its starting policy on them."""
-        self.eval_records = eval_records
+    def begin(self, eval_records: list[dict], check: Callable[[str, str], bool] = is_correct) -> None:
+        """Set the held-out prompts and how an answer is checked; a fresh stage evaluates its
+        starting policy on them."""
+        self.eval_records, self.check = eval_records, check
         if self.start.resume is None:
             self.state.before = self.evaluate()
 
@@ -107,7 +111,8 @@ class Trainer:
         if not self.eval_records:
             return {}
         with self.loop.engine.gathered():  # every process evaluates the same prompts
-            return {"accuracy": greedy_accuracy(self.model, self.tokenizer, self.eval_records, self.hp.max_new_tokens)}
+            return {"accuracy": greedy_accuracy(self.model, self.tokenizer, self.eval_records, self.hp.max_new_tokens,
+                                                self.check)}
 
     def _check_stop(self, round_: int) -> None:
         if self.loop.stop_requested():

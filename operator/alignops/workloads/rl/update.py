@@ -1,8 +1,9 @@
 """One round's policy (and critic) update: the trainer recomputes the behaviour ("old") and reference
 log-probs of the rollouts, the KL term goes into the reward or the loss, the algorithm's advantage
 estimator (``alignops.algos.ADVANTAGE_ESTIMATORS``) turns rewards into advantages, then ``ppoEpochs``
-passes of ``miniBatches`` optimiser steps minimise the clipped surrogate (plus the KL term and, for
-PPO, the clipped value loss).
+passes of ``miniBatches`` optimiser steps minimise the algorithm's policy loss
+(``alignops.algos.POLICY_LOSSES``: the clipped surrogate, APA's squared loss or P3O's pairwise one;
+plus the KL term and, with a critic, the clipped value loss).
 
 Every per-token loss is reduced by ``aggregate_loss`` with the *mini-batch's* token and sequence
 counts, so summing the micro-batches' losses gives exactly the whole mini-batch's loss: how a
@@ -21,16 +22,17 @@ import torch
 from alignops.algos import (
     ADVANTAGE_ESTIMATORS,
     AdaptiveKLController,
+    POLICY_LOSSES,
     AdvantageInputs,
     FixedKLController,
+    PolicyLossInputs,
     aggregate_loss,
     clipped_value_loss,
     kl_shaped_token_rewards,
     masked_kl,
     masked_mean,
-    ppo_clip_loss,
 )
-from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, RlHyperparameters
+from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, POLICY_LOSS_OF, RlHyperparameters
 from alignops.workloads.distributed import SINGLE
 from alignops.workloads.rl.batch import TokenBatch, response_logprobs, sharded, values_of
 from alignops.seeds import MINIBATCH_EPOCH, ROUND, derive_seed
@@ -43,11 +45,14 @@ class RlPlan:
 
     algorithm: str
     estimator: str
+    policy_loss: str  # a name of alignops.algos.POLICY_LOSSES
     kl_placement: str  # in_reward | in_loss
     kl_estimator: str  # k1 | k2 | k3
     use_reference: bool
     use_critic: bool
     greedy_baseline: bool
+    # rows come in adjacent pairs answering one prompt (p3o): mini- and micro-batches keep them together
+    pairwise: bool = False
     # one optimiser step per round and no KL in the reward: the policy has not moved when the step's
     # forward runs, so its detached log-probs are the old ones and no separate pass is needed (TRL
     # does the same when num_iterations = 1)
@@ -57,14 +62,18 @@ class RlPlan:
     def resolve(cls, algorithm: str, hp: RlHyperparameters) -> "RlPlan":
         placement = hp.kl.placement or ("in_loss" if algorithm in KL_IN_LOSS_BY_DEFAULT else "in_reward")
         estimator = hp.kl.estimator or ("k3" if placement == "in_loss" else "k1")
+        loss = POLICY_LOSS_OF[algorithm]
+        traits = POLICY_LOSSES.traits(loss)
         return cls(
             algorithm=algorithm,
             estimator=ADVANTAGE_ESTIMATOR_OF[algorithm],
+            policy_loss=loss,
             kl_placement=placement,
             kl_estimator=estimator,
-            use_reference=hp.kl.beta > 0,
-            use_critic=algorithm == "ppo",
+            use_reference=hp.kl.beta > 0 or traits.needs_reference,
+            use_critic=ADVANTAGE_ESTIMATOR_OF[algorithm] == "gae",
             greedy_baseline=algorithm == "remax",
+            pairwise=traits.pairwise,
             old_from_update=hp.ppo_epochs * hp.mini_batches == 1 and not (placement == "in_reward" and hp.kl.beta > 0),
         )
 
@@ -148,14 +157,17 @@ def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic
     return tensors, metrics
 
 
-def minibatch_order(hp: RlHyperparameters, round_: int, size: int) -> list[torch.Tensor]:
+def minibatch_order(hp: RlHyperparameters, round_: int, size: int, unit: int = 1) -> list[torch.Tensor]:
     """Row indices of every optimiser step of a round: per PPO epoch a fresh permutation (seeded by
     seed, round and epoch, so a rerun or the split placement takes the same steps) cut into
-    ``miniBatches`` near-equal parts."""
+    ``miniBatches`` near-equal parts. With ``unit`` 2 (pairwise losses) the pairs of adjacent rows
+    are permuted, so a pair stays adjacent, partner after partner, in every step."""
     steps = []
+    offsets = torch.arange(unit)
     for epoch in range(hp.ppo_epochs):
         generator = torch.Generator().manual_seed(derive_seed(hp.seed, (ROUND, round_), (MINIBATCH_EPOCH, epoch)))
-        steps += [part for part in torch.randperm(size, generator=generator).tensor_split(hp.mini_batches) if len(part)]
+        units = torch.randperm(size // unit, generator=generator).tensor_split(hp.mini_batches)
+        steps += [(part.unsqueeze(-1) * unit + offsets).reshape(-1) for part in units if len(part)]
     return steps
 
 
@@ -173,14 +185,18 @@ class PolicyUpdate:
     def __init__(self, plan: RlPlan, hp: RlHyperparameters, policy, critic, loop: TrainLoop):
         self.plan, self.hp, self.policy, self.critic, self.loop = plan, hp, policy, critic, loop
         self.world = loop.world
+        self.traits = POLICY_LOSSES.traits(plan.policy_loss)
 
     def micro_batches(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
-        """(rows, weight) of this process's micro-batches of the mini-batch ``rows``."""
+        """(rows, weight) of this process's micro-batches of the mini-batch ``rows``: every size-th
+        unit (a row, or a pair of rows for a pairwise loss, which stays whole) from its rank."""
         world, size = self.world, self.world.size
-        count = -(-(-(-len(rows) // size)) // self.hp.batch_size)  # micro-batches of the largest share
-        parts = list(rows[world.rank :: size].split(self.hp.batch_size))
+        unit = 2 if self.plan.pairwise else 1
+        units = rows.view(-1, unit)
+        count = -(-(-(-len(units) // size) * unit) // self.hp.batch_size)  # micro-batches of the largest share
+        parts = list(units[world.rank :: size].reshape(-1).split(self.hp.batch_size))
         parts += [rows[:0]] * (count - len(parts))
-        return [(part, float(size)) if len(part) else (rows[:1], 0.0) for part in parts]
+        return [(part, float(size)) if len(part) else (rows[:unit], 0.0) for part in parts]
 
     def step(self, t: RoundTensors, rows: torch.Tensor, kl_coef: float) -> dict[str, float]:
         """One optimiser step on the mini-batch ``rows``; returns this process's share of its
@@ -208,13 +224,18 @@ class PolicyUpdate:
                 t.old_logp[micro, :width] = logp.detach().float()
                 t.entropy[micro, :width] = entropy.float()
             old_logp = t.old_logp[micro, :width] if weight or not fill else logp.detach().float()
-            pg = ppo_clip_loss(logp, old_logp, t.advantages[micro, :width], mask,
-                               hp.clip_low, hp.clip_high, hp.dual_clip)
-            policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
+            ref_logp = t.ref_logp[micro, :width] if t.ref_logp is not None else None
+            pg = POLICY_LOSSES.get(plan.policy_loss)(PolicyLossInputs(
+                logp, old_logp, t.advantages[micro, :width], mask, ref_logp=ref_logp,
+                clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip, apa_lambda=hp.apa_lambda))
+            if self.traits.sequence_level:  # one figure per response: a mean over the mini-batch's responses
+                policy_loss = pg.loss.sum() / len(rows)
+            else:
+                policy_loss = aggregate_loss(pg.loss, mask, hp.loss_aggregation, **norm)
             loss = policy_loss
             figures = {"policy_loss": 0.0, "kl_loss": 0.0, "value_loss": 0.0}
-            if plan.kl_placement == "in_loss" and t.ref_logp is not None and kl_coef > 0:
-                kl = masked_kl(plan.kl_estimator, logp, t.ref_logp[micro, :width], mask)
+            if plan.kl_placement == "in_loss" and ref_logp is not None and kl_coef > 0:
+                kl = masked_kl(plan.kl_estimator, logp, ref_logp, mask)
                 kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
                 loss = loss + kl_coef * kl_loss
                 figures["kl_loss"] = float(kl_loss.detach())
@@ -247,7 +268,7 @@ class PolicyUpdate:
         """Every step of the round; ``should_stop()`` is called before each (it raises to stop)."""
         totals: dict[str, float] = {}
         norms: dict[str, float] = {}
-        steps = minibatch_order(self.hp, round_, len(t.batch))
+        steps = minibatch_order(self.hp, round_, len(t.batch), 2 if self.plan.pairwise else 1)
         fill = t.old_logp is None
         for rows in steps:
             should_stop()

@@ -10,4 +10,5 @@ STAGES = {
     "preference": "alignops.workloads.stages.preference",
     "rank": "alignops.workloads.stages.rank",
     "rl": "alignops.workloads.rl.stage",
+    "generate": "alignops.workloads.generate.stage",
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from alignops.algos.sft import masked_lm_loss
+from alignops.demo import task_of
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.batching import sft_batch
@@ -52,13 +53,15 @@ class SftStage(Stage):
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"held-out data: {exc}") from None
         self.prompt_records = [{"prompt": r["prompt"], "answer": r["completion"]} for r in records] if verifiable else []
+        self.task = task_of(source.generator if source else None)
 
     def evaluate(self, model) -> dict[str, float]:
         metrics = {}
         if self.eval_examples:
             metrics["evalLoss"] = sft_eval_loss(model, self.eval_examples, self.pad)
         if self.prompt_records:
-            metrics["accuracy"] = greedy_accuracy(model, self.tokenizer, self.prompt_records)
+            metrics["accuracy"] = greedy_accuracy(model, self.tokenizer, self.prompt_records, self.task.answer_tokens,
+                                                  self.task.is_correct)
         return metrics
 
     def examples_of(self, index: int) -> list[int]:
