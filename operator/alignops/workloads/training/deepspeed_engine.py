@@ -21,6 +21,7 @@ optimizer and parameter offload.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 from pathlib import Path
@@ -144,6 +145,9 @@ class DeepSpeedEngine:
         self.model = self.models[0]
         self.autocast_dtype = autocast_dtype(hp.precision, device)
         self.device = device
+        if device.type == "cpu":
+            release_freed_memory()  # the whole copies ZeRO just sharded: back to the system
+
 
     # -- training ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -257,4 +261,15 @@ class DeepSpeedEngine:
             return model
         ds_engine, *_ = deepspeed.initialize(model=model, config=ds_config(self.hp, self.run, 0.0, inference=True))
         ds_engine.eval()
+        if self.device.type == "cpu":
+            release_freed_memory()
         return EngineModel(ds_engine, model)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed on the heap back to the system (glibc keeps it otherwise, and a CPU run's
+    resident set would still count the whole model after ZeRO-3 sharded it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
