@@ -29,7 +29,7 @@ COMBINATIONS: dict[str, dict] = {
     "no-crds": {"crds": {"install": False}},
     "configured": {"storage": {"defaultUri": "s3://bucket/alignops", "defaultEndpoint": "http://minio.minio:9000",
                                "defaultSecret": "s3-credentials"},
-                   "stages": {"serviceAccount": "trainer", "scratchSize": "50Gi", "metricsPort": 0}, "image": {"digest": "sha256:" + "a" * 64},
+                   "stages": {"serviceAccount": "trainer", "scratchSize": "50Gi", "metricsPort": 0, "hfCacheClaim": "hf-models"}, "image": {"digest": "sha256:" + "a" * 64},
                    "crds": {"keep": False}, "networkPolicy": {"enabled": False},
                    "operator": {"extraEnv": {"KOPF_LOG_LEVEL": "debug"}}},
 }

@@ -12,10 +12,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignops.api.common import HUB_SCHEME, parse_hub_location
 from alignops.contract import StageRunConfig
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
 from alignops.storage.checkpoints import CheckpointRef, ChecksumMismatch, NotCommitted
+from alignops.storage.directories import fetch_directory
 from alignops.storage.locate import locate
+from alignops.workloads.models.hf_dir import ModelDirError, check_model_directory, wanted_file
+from alignops.workloads.models.hub import hub_snapshot
 
 
 class ConfigError(Exception):
@@ -72,18 +76,31 @@ class RunContext:
         return latest_checkpoint(self.store, key)
 
     def open_uri(self, uri: str) -> Path:
-        """A verified local copy of the committed checkpoint at ``uri`` (another stage's output)."""
-        if not uri.startswith(("s3://", "file://")):
-            raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
-        store, key = locate(uri, self.storage_options)
+        """A local copy of the model at ``uri``: a committed checkpoint (verified against its
+        manifest), a plain Hugging Face model directory on file:// or s3:// (checked: config,
+        safetensors headers, tokenizer), or a Hub model ``hf://ORG/NAME@REVISION`` (from the cache)."""
+        trust = self.config.base_model.trust_remote_code
         try:
-            return fetch_checkpoint(store, key, self.scratch / "inputs")
-        except NotCommitted as exc:  # a path that holds no checkpoint never will: no retry
+            if uri.startswith(HUB_SCHEME):
+                repo, revision = parse_hub_location(uri)
+                directory = hub_snapshot(repo, revision, trust)
+                check_model_directory(directory, f"hub model {repo}@{revision}", trust)
+                return directory
+            if not uri.startswith(("s3://", "file://")):
+                raise ConfigError(f"model URI {uri!r}: unknown scheme; use s3://, file:// or a Hub model (hub: ORG/NAME)")
+            store, key = locate(uri, self.storage_options)
+            try:
+                return fetch_checkpoint(store, key, self.scratch / "inputs")
+            except NotCommitted:  # no manifest: a plain model directory, checked instead of verified
+                directory = fetch_directory(store, key, self.scratch / "inputs", lambda name: wanted_file(name, trust))
+                check_model_directory(directory, uri, trust)
+                return directory
+            except ChecksumMismatch as exc:
+                if store.local_path(key) is None:
+                    raise  # a download can be cut short: worth a retry
+                raise ConfigError(f"corrupt checkpoint: {exc}; commit it again or point at another checkpoint") from None
+        except ModelDirError as exc:  # a directory that can never load: no retry
             raise ConfigError(f"{exc}; check the model or input uri (a stage's output is its checkpointUri)") from None
-        except ChecksumMismatch as exc:
-            if store.local_path(key) is None:
-                raise  # a download can be cut short: worth a retry
-            raise ConfigError(f"corrupt checkpoint: {exc}; commit it again or point at another checkpoint") from None
 
 
 def make_context(config: StageRunConfig) -> RunContext:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from alignops.workloads.context import RunContext
+from alignops.workloads.models.adapter import adapter_reference
+from alignops.workloads.models.policy import initial_model
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -19,6 +22,14 @@ from alignops.workloads.data.sft import SftExample
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.requires_grad_(False)
     return model.eval()
+
+
+def frozen_reference(ctx: RunContext, policy: torch.nn.Module, named: str | None, start: str | None):
+    """The frozen reference: the policy itself with its adapter off where it trains one and no other
+    reference is ``named`` (no second copy), else the model at ``named`` or the policy's ``start``,
+    loaded and frozen."""
+    shared = adapter_reference(policy) if named is None else None
+    return shared if shared is not None else freeze(initial_model(ctx, named or start).model)
 
 
 class ReferenceLogps:

@@ -12,7 +12,9 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.data.batching import encode_prompt
-from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.models.adapter import save_plain_model
+from alignops.workloads.models.loading import autocast_dtype, load_reward_model, pick_device
+from alignops.workloads.models.policy import model_directory
 from alignops.workloads.rl.prompts import round_prompts
 from alignops.workloads.rl.rewards import RewardMix, RewardResources, ScoringBatch, default_terms
 from alignops.workloads.rl.store import Rollout, RoundRollouts, save_rollouts
@@ -103,7 +105,7 @@ def reward_mix(ctx: RunContext, hp: RlHyperparameters) -> RewardMix:
     rm_uri = ctx.config.inputs.reward_model
     terms = hp.rewards or default_terms(rm_uri is not None)
     needs_rm = any(t.name == "reward_model" for t in terms)
-    directory = ctx.open_uri(rm_uri) if (needs_rm and rm_uri) else None
+    directory = model_directory(ctx, rm_uri, load_reward_model) if (needs_rm and rm_uri) else None
     return RewardMix(terms, RewardResources(reward_model_dir=directory, device=pick_device(), batch_size=hp.generation_batch_size))
 
 
@@ -115,7 +117,7 @@ def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directo
         if directory is not None:
             return directory
         target = ctx.scratch / "engine-start"
-        model.save_pretrained(str(target), safe_serialization=True)
+        save_plain_model(model, target)
         tokenizer.save_pretrained(str(target))
         return target
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from alignops.workloads.models.adapter import save_model_checkpoint
 from alignops.workloads.models.loading import autocast_dtype
 
 OPTIMIZER_STATE = "optimizer.pt"
@@ -99,7 +100,7 @@ class PlainEngine:
         return self.scheduler.get_last_lr()[0]
 
     def save_model(self, directory: Path) -> None:
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+        save_model_checkpoint(self.model, directory)
 
     def save_state(self, directory: Path) -> None:
         torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_STATE)
