@@ -181,20 +181,21 @@ def save_model_checkpoint(model: torch.nn.Module, directory: Path, state_dict: d
     model.save_pretrained(str(target), safe_serialization=True, save_embedding_layers=False, **extra)
     record.base.save(target)
     if record.spec.merge:
-        state = state_dict if state_dict is not None else model.state_dict()
-        merged = merged_state_dict(state, model.peft_config[ADAPTER_NAME])
-        model.get_base_model().save_pretrained(str(directory), state_dict=merged, safe_serialization=True)
+        _save_merged(model, directory, state_dict)
+
+
+def _save_merged(model: torch.nn.Module, directory: Path, state_dict: dict | None = None) -> None:
+    merged = merged_state_dict(state_dict if state_dict is not None else model.state_dict(), model.peft_config[ADAPTER_NAME])
+    model.get_base_model().save_pretrained(str(directory), state_dict=merged, safe_serialization=True)
 
 
 def save_plain_model(model: torch.nn.Module, directory: Path) -> None:
     """The model as one loadable Hugging Face directory (merged where it trains an adapter): what an
     engine that loads from disk needs."""
-    record: AdapterRecord | None = getattr(model, ADAPTER_ATTRIBUTE, None)
-    if record is None:
+    if getattr(model, ADAPTER_ATTRIBUTE, None) is None:
         model.save_pretrained(str(directory), safe_serialization=True)
-        return
-    merged = merged_state_dict(model.state_dict(), model.peft_config[ADAPTER_NAME])
-    model.get_base_model().save_pretrained(str(directory), state_dict=merged, safe_serialization=True)
+    else:
+        _save_merged(model, directory)
 
 
 class AdapterDisabled:

@@ -35,6 +35,9 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 END_TOKENS = ("</s>", "<|im_end|>", "<|endoftext|>")
+# Qwen2's pre-tokenizer split: words, single digits (numbers never merge: 123 is 1 2 3), punctuation runs, spaces
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 BPE_TEXT_LIMIT = 64 << 20  # characters of training text read for the BPE: enough, and bounded
 
 
@@ -47,10 +50,13 @@ def build_tokenizer(arch: Architecture | None = None, texts: Callable[[], Iterab
 
 
 def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (GPT-2's and Qwen's kind: any text tokenises, no unknown token) trained on
-    ``texts`` with ``tokenizers``; the same texts give the same tokenizer."""
+    """A byte-level BPE (Qwen2's kind: any text tokenises, no unknown token, digits one by one)
+    trained on ``texts`` with ``tokenizers``; the same texts give the same tokenizer."""
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
