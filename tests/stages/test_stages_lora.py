@@ -18,6 +18,7 @@ from alignops.contract import EXIT_OK, EXIT_SIGTERM
 from alignops.workloads import context
 from alignops.workloads.models.adapter import AdapterBase, add_adapter, adapter_reference, merged_state_dict
 from alignops.workloads.models.build import build_model, build_scalar_head_model, build_tokenizer
+from stages.conftest import TINY_ARCH
 
 ARCH = Architecture.model_validate({"hiddenSize": 32, "layers": 1, "heads": 2, "maxPositions": 32, "seed": 0})
 LORA = LoraAdapter.model_validate({"rank": 4, "alpha": 16, "merge": True})
@@ -133,3 +134,26 @@ def test_a_reward_adapter_keeps_its_head_and_rl_trains_an_adapter_scored_by_it(s
     # scored by the reward adapter merged onto its base (a random head gives non-zero scores), with
     # a KL to the reference (the policy with its adapter off)
     assert result["metrics"]["rewardFirst"] != 0.0 and "kl" in result["metrics"]
+
+
+@pytest.mark.slow
+def test_a_full_ppo_stage_starts_from_a_lora_checkpoint(stage_run, tmp_path):
+    """The adapter checkpoint is merged onto its base for the next stage, which trains every weight
+    (nothing stays frozen from peft), and the critic starts from the same merged transformer."""
+    sft = {"name": "sft", "type": "sft", "adapter": {"rank": 4}, "datasets": {"train": {"generator": "arithmetic", "size": 16}},
+           "hyperparameters": {"maxSteps": 2, "batchSize": 8, "evalSize": 4, "maxLength": 16}}
+    code, result = stage_run(sft, tmp_path / "sft")
+    assert code == EXIT_OK, result
+    rl = {"name": "rl", "type": "rl", "algorithm": "ppo", "policy": {"uri": result["checkpointUri"]},
+          "datasets": {"train": {"generator": "arithmetic", "size": 16}},
+          "hyperparameters": {"rounds": 1, "promptsPerRound": 2, "samplesPerPrompt": 2, "maxNewTokens": 3, "evalSize": 4,
+                              "batchSize": 4, "miniBatches": 1, "learningRate": 0.01, "rewards": [{"name": "exact_answer"}],
+                              "kl": {"beta": 0.1}}}
+    code, out = stage_run(rl, tmp_path / "rl")
+    assert code == EXIT_OK, out
+    directory = next((tmp_path / "rl" / "default" / "tiny" / "rl" / "round-1").glob("checkpoint-*"))
+    trained = load_file(directory / "model.safetensors")
+    start = build_model(Architecture.model_validate(TINY_ARCH), build_tokenizer())
+    # LoRA never touched the embedding; the full rl stage did
+    assert not torch.equal(trained["model.embed_tokens.weight"], start.model.embed_tokens.weight)
+    assert (directory / "critic" / "model.safetensors").exists()

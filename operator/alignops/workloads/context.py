@@ -62,6 +62,7 @@ class RunContext:
     scratch: Path
     metrics: MetricsSink
     stop: threading.Event = field(default_factory=threading.Event)
+    opened: dict[str, Path] = field(default_factory=dict)  # open_uri's answers: each input is fetched once
 
     @property
     def storage_options(self) -> StorageOptions:
@@ -79,6 +80,11 @@ class RunContext:
         """A local copy of the model at ``uri``: a committed checkpoint (verified against its
         manifest), a plain Hugging Face model directory on file:// or s3:// (checked: config,
         safetensors headers, tokenizer), or a Hub model ``hf://ORG/NAME@REVISION`` (from the cache)."""
+        if uri not in self.opened:
+            self.opened[uri] = self._open(uri)
+        return self.opened[uri]
+
+    def _open(self, uri: str) -> Path:
         trust = self.config.base_model.trust_remote_code
         try:
             if uri.startswith(HUB_SCHEME):

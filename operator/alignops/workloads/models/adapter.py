@@ -125,10 +125,17 @@ def adapter_base(directory: Path) -> AdapterBase:
 
 
 def merge_into(base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
-    """``base_model`` with the adapter of ``directory`` merged into its weights (a plain module)."""
-    from peft import PeftModel
+    """``base_model`` with the adapter of ``directory`` merged into its weights (a plain module).
+    The base may have another head than the adapter was trained on (a critic from a policy's or a
+    reward model's adapter): peft wraps it as what it is."""
+    from peft import PeftConfig, PeftModel
 
-    return PeftModel.from_pretrained(base_model, str(adapter_directory(directory))).merge_and_unload()
+    found = str(adapter_directory(directory))
+    config = PeftConfig.from_pretrained(found)
+    if config.task_type != task_type(base_model):
+        config.task_type = None  # the generic wrapper: no task head of its own to expect in the files
+    merged = PeftModel.from_pretrained(base_model, found, config=config).merge_and_unload()
+    return merged.requires_grad_(True)  # peft froze the base: loaded as from_pretrained would load it
 
 
 def resume_adapter(base_model: torch.nn.Module, directory: Path, spec: LoraAdapter) -> torch.nn.Module:
