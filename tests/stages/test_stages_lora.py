@@ -5,6 +5,7 @@ adapters too (a reward adapter keeps its new score head; rl scores with it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -157,3 +158,17 @@ def test_a_full_ppo_stage_starts_from_a_lora_checkpoint(stage_run, tmp_path):
     # LoRA never touched the embedding; the full rl stage did
     assert not torch.equal(trained["model.embed_tokens.weight"], start.model.embed_tokens.weight)
     assert (directory / "critic" / "model.safetensors").exists()
+
+
+def test_an_adapter_names_its_base_for_peft_and_for_the_next_stage(tmp_path):
+    from alignops.workloads.models.adapter import adapter_base, save_model_checkpoint
+
+    wrapped = add_adapter(build_model(ARCH, build_tokenizer()), LoraAdapter.model_validate({"rank": 2}),
+                          AdapterBase("hf://acme/tiny-chat@v2"))
+    save_model_checkpoint(wrapped, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    # peft users load it as PeftModel.from_pretrained(AutoModel...("acme/tiny-chat", revision="v2"), dir)
+    assert (config["base_model_name_or_path"], config["revision"]) == ("acme/tiny-chat", "v2")
+    assert adapter_base(tmp_path) == AdapterBase("hf://acme/tiny-chat@v2")
+    (tmp_path / "adapter_base.json").unlink()  # an adapter trained elsewhere: its config names the base
+    assert adapter_base(tmp_path).location == "hf://acme/tiny-chat@v2"

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from alignops.api.common import HUB_REPO_PATTERN, LoraAdapter, hub_location
+from alignops.api.common import HUB_REPO_PATTERN, HUB_SCHEME, LoraAdapter, hub_location, parse_hub_location
 from alignops.workloads.context import ConfigError
 from alignops.workloads.models.hf_dir import ADAPTER_CONFIG, CONFIG
 
@@ -67,9 +68,8 @@ def _name_base(config, base: AdapterBase) -> None:
     """adapter_config.json names the base: ORG/NAME and revision for a Hub model (peft loads it as
     it is), else the location."""
     location = base.location or "architecture"
-    if location.startswith("hf://"):
-        repo, _, revision = location[len("hf://"):].partition("@")
-        config.base_model_name_or_path, config.revision = repo, revision
+    if location.startswith(HUB_SCHEME):
+        config.base_model_name_or_path, config.revision = parse_hub_location(location)
     else:
         config.base_model_name_or_path = location
 
@@ -114,8 +114,6 @@ def adapter_base(directory: Path) -> AdapterBase:
     if (directory / ADAPTER_BASE).is_file():
         saved = json.loads((directory / ADAPTER_BASE).read_text())
         return AdapterBase(saved.get("location"), saved.get("architecture"))
-    import re
-
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
     name = config.get("base_model_name_or_path")
     if isinstance(name, str) and re.match(HUB_REPO_PATTERN, name):
