@@ -57,6 +57,7 @@ def load_model(ctx: RunContext, location: str | None, loader=load_causal_lm, bui
     if location is None:
         arch = ctx.config.base_model.architecture
         tokenizer = build_tokenizer(arch, lambda: training_texts(ctx))
+        tokenizer.chat_template = ctx.config.base_model.chat_template or tokenizer.chat_template
         return Starting(builder(arch, tokenizer).to(device), tokenizer, None, None)
     directory = ctx.open_uri(location)
     tokenizer = open_tokenizer(ctx, directory)
