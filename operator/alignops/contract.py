@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignops.api.common import Datasets, ModelSource
+from alignops.api.common import Datasets, LoraAdapter, ModelSource
 
 EXIT_OK = 0
 EXIT_RETRY = 1
@@ -120,6 +120,7 @@ class StageRunConfig(_Wire):
     inputs: Inputs = Field(default_factory=Inputs)
     datasets: Datasets | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    adapter: LoraAdapter | None = None  # the stage's LoRA adapter, if it trains one
     storage: StorageTarget
     # key of the stage under the storage root: <namespace>/<job>/<stage>
     stage_key: str

@@ -158,8 +158,8 @@ def next_split_run(stage, position: tuple[int, str]) -> tuple[int, str] | None:
 def _resolve_ref(ref, status: JobStatus) -> str | None:
     if ref is None:
         return None
-    if ref.uri is not None:
-        return ref.uri
+    if ref.from_stage is None:
+        return ref.location
     observed = status.stage(ref.from_stage)
     return observed.checkpoint_uri if observed else None
 
@@ -200,6 +200,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
         inputs=inputs,
         datasets=_resolve_datasets(stage.datasets, status),
         hyperparameters=stage.hyperparameters.model_dump(mode="json", by_alias=True),
+        adapter=getattr(stage, "adapter", None),
         storage=StorageTarget(
             uri=storage.uri if storage else defaults.storage_uri,
             endpoint=storage.endpoint if storage else defaults.storage_endpoint,

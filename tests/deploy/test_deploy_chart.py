@@ -144,6 +144,7 @@ def test_configuration_is_what_the_operator_reads(rendered, monkeypatch):
     assert settings.default_storage_endpoint == "http://minio.minio:9000"
     assert settings.default_storage_secret == "s3-credentials"
     assert settings.stage_service_account == "trainer"
+    assert settings.hf_cache_claim == "hf-models"
     assert (settings.metrics_port, settings.health_port) == (8080, 8081)
     settings = _operator_settings_from([d for d in by_kind(rendered["namespaced"], "ConfigMap") if "ALIGNOPS_HEALTH_PORT" in d.get("data", {})][0], monkeypatch)
     assert settings.namespace_list == ["team-a", "team-b"]

@@ -390,3 +390,27 @@ def test_kueue_admits_a_run_across_nodes_whole(settings):
     assert built["spec"]["suspend"] is True and built["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert (built["spec"]["parallelism"], built["spec"]["completions"]) == (4, 4)
     assert build_run_service(job, _config(job, "sft"), settings)["spec"]["clusterIP"] == "None"
+
+
+def test_hub_token_comes_from_the_named_secret_and_the_cache_volume_is_hf_home(settings):
+    """spec.model.tokenSecret becomes HF_TOKEN through a secretKeyRef, overriding a literal HF_TOKEN in
+    resources.env; the chart's hfCacheClaim is mounted as HF_HOME."""
+    document = job_manifest("hub", [stage_manifest("sft", "sft", resources={"env": [{"name": "HF_TOKEN", "value": "spoofed"}]})])
+    document["spec"]["model"] = {"hub": "acme/tiny-chat", "revision": "v1", "tokenSecret": {"name": "hf-token"}}
+    job = _job(document)
+    config = _config(job, "sft")
+    cached = settings.model_copy(update={"hf_cache_claim": "hf-models"})
+    built = build_stage_job(job, config, cached)
+    pod = built["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    token = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
+    assert token == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HF_HOME"] == "/hf-cache"
+    assert {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-models"}} in pod["volumes"]
+    assert {"name": "hf-cache", "mountPath": "/hf-cache"} in container["volumeMounts"]
+    kubernetes_validate.validate(built, "1.32", strict=True)
+    # without the claim and the secret: no HF_HOME, no HF_TOKEN
+    plain = build_stage_job(_job(job_manifest("plain")), _config(_job(job_manifest("plain")), "sft"), settings)
+    names = {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not names & {"HF_HOME", "HF_TOKEN"}

@@ -201,8 +201,9 @@ def test_split_rollout_run_loads_no_trainer_copy(vllm, saved_model, tmp_path, mo
     _, directory = saved_model
     monkeypatch.setattr(rl_sampling, "starting_policy", lambda ctx: pytest.fail("loaded the trainer's model"))
     ctx = types.SimpleNamespace(latest=lambda: None, scratch=tmp_path,
-                                config=types.SimpleNamespace(inputs=types.SimpleNamespace(policy="file:///in"), base_model=None))
-    monkeypatch.setattr(rl_sampling, "input_checkpoint", lambda ctx, uri: directory)
+                                config=types.SimpleNamespace(inputs=types.SimpleNamespace(policy="file:///in"),
+                                                             base_model=types.SimpleNamespace(trust_remote_code=False, chat_template=None)))
+    monkeypatch.setattr(rl_sampling, "model_directory", lambda ctx, uri: directory)
     hp = RlHyperparameters.model_validate({"engine": "vllm", "placement": "split", "maxPromptLength": 16, "maxNewTokens": 8})
     start = rollout_policy(ctx, hp)
     assert start.model is None and start.directory == directory and start.tokenizer is not None

@@ -14,6 +14,21 @@ from alignops.api.base import ApiModel
 URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|E|Ei)?$"
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
+# A Hugging Face Hub repository (ORG/NAME) and a revision (branch, tag or commit; refs/pr/N too)
+HUB_REPO_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,95}/[A-Za-z0-9][-A-Za-z0-9_.]{0,95}$"
+REVISION_PATTERN = r"^[-A-Za-z0-9_./]+$"
+# How a resolved stage run names a Hub model among its storage URIs: hf://ORG/NAME@REVISION
+HUB_SCHEME = "hf://"
+
+
+def hub_location(repo: str, revision: str | None) -> str:
+    return f"{HUB_SCHEME}{repo}@{revision or 'main'}"
+
+
+def parse_hub_location(location: str) -> tuple[str, str]:
+    """``hf://ORG/NAME@REVISION`` -> (ORG/NAME, REVISION)."""
+    repo, _, revision = location[len(HUB_SCHEME):].partition("@")
+    return repo, revision or "main"
 
 
 class Architecture(ApiModel):
@@ -28,6 +43,13 @@ class Architecture(ApiModel):
     )
     max_positions: int = Field(128, ge=16, le=131072, description="Longest sequence the model accepts (tokens).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the random initialisation.")
+    tokenizer: Literal["char", "bpe"] = Field(
+        "char",
+        description="`char`: one token per printable ASCII character (the demo's). `bpe`: a byte-level BPE trained "
+        "deterministically with `tokenizers` on the stage's training text, with a ChatML chat template, no BOS and two "
+        "end-of-sequence tokens (as Qwen's); it travels in every checkpoint, so later stages reuse it.",
+    )
+    vocab_size: int = Field(1024, ge=300, le=65536, description="Vocabulary size of the `bpe` tokenizer (256 bytes, merges and special tokens).")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "Architecture":
@@ -36,25 +58,56 @@ class Architecture(ApiModel):
         return self
 
 
+class SecretKey(ApiModel):
+    """One key of a Secret in the job's namespace."""
+
+    name: str = Field(..., max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name.")
+    key: str = Field("HF_TOKEN", max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key holding the value (default HF_TOKEN).")
+
+
 class ModelSource(ApiModel):
-    """The base model: a Hugging Face checkpoint in storage, or an architecture built from a config
-    with a character-level tokenizer made locally (no download)."""
+    """The base model: a Hugging Face model directory in storage (what ``save_pretrained`` or
+    ``huggingface-cli download`` leaves, or a committed AlignOps checkpoint), a model on the Hugging
+    Face Hub, or an architecture built from a config (no download)."""
 
     uri: str | None = Field(
         None,
         max_length=1024,
         pattern=URI_PATTERN,
-        description="Storage URI of a Hugging Face checkpoint directory (s3://bucket/path or file:///path).",
+        description="Storage URI of a Hugging Face model directory: config.json, *.safetensors (sharded with an index too) "
+        "and tokenizer files (s3://bucket/path or file:///path).",
     )
+    hub: str | None = Field(
+        None, max_length=193, pattern=HUB_REPO_PATTERN,
+        description="A Hugging Face Hub model, ORG/NAME (e.g. Qwen/Qwen2.5-0.5B-Instruct), read with huggingface_hub; "
+        "HF_HOME is its cache and HF_HUB_OFFLINE=1 reads only the cache.",
+    )
+    revision: str | None = Field(None, max_length=255, pattern=REVISION_PATTERN, description="Hub branch, tag or commit (hub only; default main).")
     architecture: Architecture | None = Field(
         None, description="Build a small model from this config instead of loading one (demos, tests)."
+    )
+    token_secret: SecretKey | None = Field(
+        None, description="Secret holding a Hugging Face token (gated or private models): becomes HF_TOKEN in every stage pod."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model or tokenizer code shipped with a model (auto_map) whose type transformers does not know; refused otherwise."
+    )
+    chat_template: str | None = Field(
+        None, max_length=32768, description="A Jinja chat template replacing the tokenizer's own (for every model the job loads)."
     )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ModelSource":
-        if (self.uri is None) == (self.architecture is None):
-            raise ValueError("set exactly one of model.uri or model.architecture")
+        if sum(x is not None for x in (self.uri, self.hub, self.architecture)) != 1:
+            raise ValueError("set exactly one of model.uri, model.hub or model.architecture")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("model.revision applies to model.hub only")
         return self
+
+    @property
+    def location(self) -> str | None:
+        """Where the model is: its URI, ``hf://ORG/NAME@REVISION``, or None (built from the architecture)."""
+        return hub_location(self.hub, self.revision) if self.hub is not None else self.uri
 
 
 class StorageSpec(ApiModel):
@@ -91,18 +144,58 @@ class StorageSpec(ApiModel):
 
 
 class StageRef(ApiModel):
-    """A model input: the checkpoint of an earlier stage, or a checkpoint URI."""
+    """A model input: the checkpoint of an earlier stage, a model directory URI, or a Hub model."""
 
     from_stage: str | None = Field(
         None, max_length=20, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", description="Name of an earlier stage whose final checkpoint is used."
     )
-    uri: str | None = Field(None, max_length=1024, pattern=URI_PATTERN, description="A checkpoint URI to use instead.")
+    uri: str | None = Field(
+        None, max_length=1024, pattern=URI_PATTERN,
+        description="A committed checkpoint or a Hugging Face model directory to use instead (s3:// or file://).",
+    )
+    hub: str | None = Field(None, max_length=193, pattern=HUB_REPO_PATTERN, description="A Hugging Face Hub model (ORG/NAME) to use instead.")
+    revision: str | None = Field(None, max_length=255, pattern=REVISION_PATTERN, description="Hub branch, tag or commit (hub only; default main).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "StageRef":
-        if (self.from_stage is None) == (self.uri is None):
-            raise ValueError("set exactly one of fromStage or uri")
+        if sum(x is not None for x in (self.from_stage, self.uri, self.hub)) != 1:
+            raise ValueError("set exactly one of fromStage, uri or hub")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision applies to hub only")
         return self
+
+    @property
+    def location(self) -> str | None:
+        """The URI or ``hf://ORG/NAME@REVISION``; None for fromStage (the planner resolves it)."""
+        return hub_location(self.hub, self.revision) if self.hub is not None else self.uri
+
+
+class LoraAdapter(ApiModel):
+    """Train a LoRA adapter (peft) instead of every weight. The checkpoint holds the adapter
+    (adapter_config.json, adapter_model.safetensors); the reference of preference and rl stages is
+    the same model with the adapter disabled (no second copy)."""
+
+    type: Literal["lora"] = Field("lora", description="Adapter type: lora.")
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float | None = Field(None, gt=0, le=65536, description="LoRA alpha (the update is scaled by alpha / rank); default 2 x rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: str = Field(
+        "all-linear", max_length=1024, pattern=r"^(all-linear|[A-Za-z_][A-Za-z0-9_.]*(,[A-Za-z_][A-Za-z0-9_.]*)*)$",
+        description="`all-linear` (every linear layer but the output head) or module names separated by commas, e.g. q_proj,v_proj.",
+    )
+    merge: bool = Field(
+        False, description="Also write the merged full model (model.safetensors, loadable without peft) at the checkpoint's root, "
+        "the adapter then in its adapter/ subdirectory.",
+    )
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    @property
+    def modules(self) -> str | list[str]:
+        """peft's target_modules: the string ``all-linear`` or a list of names."""
+        return self.target_modules if self.target_modules == "all-linear" else self.target_modules.split(",")
 
 
 DatasetFormat = Literal["sft", "pairs", "rankings", "prompts", "unpaired"]

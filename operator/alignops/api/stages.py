@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from alignops.api.base import DNS_1035_LABEL, ApiModel
-from alignops.api.common import Datasets, Resources, StageRef
+from alignops.api.common import Datasets, LoraAdapter, Resources, StageRef
 from alignops.api.distributed import OFFLOAD_PARAMETERS_RULE, DistributedSettings
 from alignops.api.hyperparameters import (
     PreferenceHyperparameters,
@@ -48,6 +48,7 @@ class SftStage(StageBase):
 
     type: Literal["sft"] = Field(..., description="Stage type.")
     policy: StageRef | None = Field(None, description="Model to fine-tune; defaults to spec.model.")
+    adapter: LoraAdapter | None = Field(None, description="Train a LoRA adapter (peft) instead of every weight.")
     hyperparameters: SftHyperparameters = Field(default_factory=SftHyperparameters, description="Training settings.")
 
 
@@ -63,6 +64,7 @@ class RewardStage(StageBase):
         "Default: plackett_luce for `rankings` data, bradley_terry otherwise.",
     )
     policy: StageRef | None = Field(None, description="Checkpoint whose transformer the reward model starts from; defaults to spec.model.")
+    adapter: LoraAdapter | None = Field(None, description="Train a LoRA adapter (peft) instead of every weight.")
     hyperparameters: RewardHyperparameters = Field(default_factory=RewardHyperparameters, description="Training settings.")
 
 
@@ -83,6 +85,7 @@ class PreferenceStage(StageBase):
     reference: StageRef | None = Field(
         None, description="Frozen reference model; defaults to the policy's starting checkpoint (unused by simpo and orpo except for the KL metric)."
     )
+    adapter: LoraAdapter | None = Field(None, description="Train a LoRA adapter (peft) instead of every weight.")
     hyperparameters: PreferenceHyperparameters = Field(default_factory=PreferenceHyperparameters, description="Training settings.")
 
     @model_validator(mode="after")
@@ -118,6 +121,7 @@ class RlStage(StageBase):
     reward_model: StageRef | None = Field(
         None, description="A `reward` stage's model (or a sequence-classifier checkpoint URI) for the reward_model reward function.",
     )
+    adapter: LoraAdapter | None = Field(None, description="Train a LoRA adapter (peft) instead of every weight.")
     hyperparameters: RlHyperparameters = Field(default_factory=RlHyperparameters, description="Rollout, reward and update settings.")
 
     @model_validator(mode="after")
@@ -133,7 +137,13 @@ class RlStage(StageBase):
             raise ValueError("reward reward_model needs the rewardModel input (e.g. rewardModel: {fromStage: <a reward stage>})")
         if self.reward_model is not None and hp.rewards is not None and "reward_model" not in names:
             raise ValueError("rewardModel is given but no reward in hyperparameters.rewards uses it; add {name: reward_model}")
+        if self.adapter is not None and hp.engine == "vllm":
+            raise ValueError(ADAPTER_ENGINE_MESSAGE)
         return self
+
+
+# an engine with its own copy of the weights would need the merged ones sent every round
+ADAPTER_ENGINE_MESSAGE = "adapter: engine vllm does not sample from a LoRA policy yet; use hyperparameters.engine: transformers"
 
 
 JUDGE_MESSAGE = "judge labels pairs for method ai_preferences only: remove it, or use method ai_preferences"
@@ -212,6 +222,8 @@ STAGE_TYPES: dict[str, StageType] = {
             ("!has(self.rewardModel) || !has(self.hyperparameters) || !has(self.hyperparameters.rewards)"
              " || self.hyperparameters.rewards.exists(r, r.name == 'reward_model')",
              "rewardModel is given but no reward in hyperparameters.rewards uses it"),
+            ("!has(self.adapter) || !has(self.hyperparameters) || !has(self.hyperparameters.engine)"
+             " || self.hyperparameters.engine != 'vllm'", ADAPTER_ENGINE_MESSAGE),
         ),
     ),
 }

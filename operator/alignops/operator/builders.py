@@ -54,6 +54,7 @@ CONFIG_KEY = "config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 SCRATCH_DIR = "/scratch"
 SHM_DIR = "/dev/shm"
+HF_CACHE_DIR = "/hf-cache"
 RESULT_PATH = "/dev/termination-log"
 CONTAINER = "stage"
 RUN_AS = 10001  # the images' user (images/Dockerfile.*); >= 10000 keeps clear of host UIDs
@@ -61,8 +62,8 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # the Job controller sets it on the Job's pods
 RENDEZVOUS_PORT_NAME = "rendezvous"
 # volume names and mount paths the builder owns; a stage's extra volumes may not reuse them
-RESERVED_VOLUMES = ("config", "scratch", "dshm")
-RESERVED_PATHS = (CONFIG_DIR, SCRATCH_DIR, SHM_DIR, RESULT_PATH)
+RESERVED_VOLUMES = ("config", "scratch", "dshm", "hf-cache")
+RESERVED_PATHS = (CONFIG_DIR, SCRATCH_DIR, SHM_DIR, RESULT_PATH, HF_CACHE_DIR)
 
 Obj = dict[str, Any]
 
@@ -146,11 +147,22 @@ def _env(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettings, 
     if config.storage.region:
         ours["AWS_REGION"] = config.storage.region
         ours["AWS_DEFAULT_REGION"] = config.storage.region
+    if settings.hf_cache_claim:
+        ours["HF_HOME"] = HF_CACHE_DIR
     rendezvous = _rendezvous_env(config, settings, name) if across_nodes(config) else []
+    secrets = _secret_env(job)
     # ours last: for a duplicated name the last entry wins, and the operator refuses ALIGNOPS_* and PET_* in specs
-    taken = set(ours) | {e["name"] for e in rendezvous}
+    taken = set(ours) | {e["name"] for e in rendezvous} | set(secrets)
     env = [e for e in env if e["name"] not in taken]
-    return env + [{"name": k, "value": v} for k, v in ours.items()] + rendezvous
+    return (env + [{"name": k, "value": v} for k, v in ours.items()] + rendezvous
+            + [{"name": k, "valueFrom": v} for k, v in secrets.items()])
+
+
+def _secret_env(job: AlignmentJob) -> dict[str, Obj]:
+    """Variables taken from Secrets by the spec: HF_TOKEN from spec.model.tokenSecret (huggingface_hub
+    reads it; it never appears in the config, the status or a log)."""
+    token = job.spec.model.token_secret
+    return {"HF_TOKEN": {"secretKeyRef": {"name": token.name, "key": token.key}}} if token is not None else {}
 
 
 def storage_secret(job: AlignmentJob, settings: OperatorSettings) -> str | None:
@@ -211,6 +223,9 @@ def _volumes(job: AlignmentJob, config: StageRunConfig, settings: OperatorSettin
         {"name": "scratch", "mountPath": SCRATCH_DIR},
         {"name": "dshm", "mountPath": SHM_DIR},
     ]
+    if settings.hf_cache_claim:  # the Hub model cache (HF_HOME), shared by every stage
+        volumes.append({"name": "hf-cache", "persistentVolumeClaim": {"claimName": settings.hf_cache_claim}})
+        mounts.append({"name": "hf-cache", "mountPath": HF_CACHE_DIR})
     for extra in job.stage(config.stage).resources.volumes or []:
         wire = extra.to_wire()
         source = {k: v for k, v in wire.items() if k in ("secret", "configMap", "persistentVolumeClaim", "emptyDir")}

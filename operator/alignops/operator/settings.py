@@ -47,6 +47,10 @@ class OperatorSettings(BaseSettings):
     scratch_size: str | None = Field(
         None, pattern=QUANTITY_PATTERN, description="Size limit of the writable scratch volume (checkpoints are staged there); none: unlimited."
     )
+    hf_cache_claim: str | None = Field(
+        None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PersistentVolumeClaim mounted at /hf-cache as HF_HOME of stage pods (the Hub model cache); none: the scratch volume.",
+    )
     resync_seconds: float = Field(30.0, gt=0, description="Every job is reconciled at least this often, events or not.")
     progress_poll_seconds: float = Field(
         30.0, gt=0, description="How often a running stage with progressDeadlineSeconds has its /progress polled."

@@ -12,12 +12,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignops.api.common import HUB_SCHEME, parse_hub_location
 from alignops.contract import EXIT_CONFIG, EXIT_RETRY, PermanentError, StageRunConfig, TransientError
 from alignops.storage import ObjectStore, StorageOptions, fetch_checkpoint, latest_checkpoint, open_store
 from alignops.storage.base import StorageError
 from alignops.storage.checkpoints import CheckpointRef, ChecksumMismatch, NotCommitted
+from alignops.storage.directories import fetch_directory
 from alignops.storage.locate import locate
 from alignops.workloads.distributed import SINGLE, World
+from alignops.workloads.models.hf_dir import ModelDirError, check_model_directory, wanted_file
+from alignops.workloads.models.hub import hub_snapshot
 
 
 class ConfigError(PermanentError):
@@ -77,6 +81,7 @@ class RunContext:
     metrics: MetricsSink
     stop: threading.Event = field(default_factory=threading.Event)
     world: World = SINGLE
+    opened: dict[str, Path] = field(default_factory=dict)  # open_uri's answers: each input is fetched once
 
     @property
     def storage_options(self) -> StorageOptions:
@@ -99,17 +104,32 @@ class RunContext:
         return latest_checkpoint(self.store, key)
 
     def open_uri(self, uri: str) -> Path:
-        """A verified local copy of the committed checkpoint at ``uri`` (another stage's output),
-        fetched and verified once per node when several processes need it."""
-        return self.world.on_node_leader(lambda: self._open_uri(uri))
+        """A local copy of the model at ``uri``: a committed checkpoint (verified against its
+        manifest), a plain Hugging Face model directory on file:// or s3:// (checked: config,
+        safetensors headers, tokenizer), or a Hub model ``hf://ORG/NAME@REVISION`` (from the cache).
+        Fetched once per run, by one process per node when several need it."""
+        if uri not in self.opened:
+            self.opened[uri] = self.world.on_node_leader(lambda: self._open(uri))
+        return self.opened[uri]
 
-    def _open_uri(self, uri: str) -> Path:
-        if not uri.startswith(("s3://", "file://")):
-            raise ConfigError(f"checkpoint URI {uri!r}: unknown scheme; use s3:// or file://")
-        store, key = locate(uri, self.storage_options)
+    def _open(self, uri: str) -> Path:
+        trust = self.config.base_model.trust_remote_code
         try:
-            return _verified(store, key, self.scratch / "inputs", "commit it again or point at another checkpoint")
-        except NotCommitted as exc:  # a path that holds no checkpoint never will: no retry
+            if uri.startswith(HUB_SCHEME):
+                repo, revision = parse_hub_location(uri)
+                directory = hub_snapshot(repo, revision, trust)
+                check_model_directory(directory, f"hub model {repo}@{revision}", trust)
+                return directory
+            if not uri.startswith(("s3://", "file://")):
+                raise ConfigError(f"model URI {uri!r}: unknown scheme; use s3://, file:// or a Hub model (hub: ORG/NAME)")
+            store, key = locate(uri, self.storage_options)
+            try:
+                return _verified(store, key, self.scratch / "inputs", "commit it again or point at another checkpoint")
+            except NotCommitted:  # no manifest: a plain model directory, checked instead of verified
+                directory = fetch_directory(store, key, self.scratch / "inputs", lambda name: wanted_file(name, trust))
+                check_model_directory(directory, uri, trust)
+                return directory
+        except ModelDirError as exc:  # a directory that can never load: no retry
             raise ConfigError(f"{exc}; check the model or input uri (a stage's output is its checkpointUri)") from None
 
 

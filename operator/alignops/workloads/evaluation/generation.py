@@ -12,6 +12,7 @@ from alignops.algos.sft import masked_lm_loss
 from alignops.demo.arithmetic import is_correct
 from alignops.workloads.data.batching import encode_prompt, sft_batch
 from alignops.workloads.data.sft import SftExample
+from alignops.workloads.models.loading import stop_token_ids
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
         attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
         generated = model.generate(
             input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, tokenizer),
         )
         out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
     return out

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from alignops.workloads.context import RunContext
 from alignops.workloads.distributed import SINGLE, World
+from alignops.workloads.models.adapter import adapter_reference
+from alignops.workloads.models.policy import initial_model
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -21,6 +24,14 @@ from alignops.workloads.data.sft import SftExample
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.requires_grad_(False)
     return model.eval()
+
+
+def frozen_reference(ctx: RunContext, policy: torch.nn.Module, named: str | None, start: str | None, place=freeze):
+    """The frozen reference: the policy itself with its adapter off where it trains one and no other
+    reference is ``named`` (no second copy), else the model at ``named`` or the policy's ``start``,
+    loaded and frozen by ``place`` (an engine's ``frozen``: sharded under ZeRO-3)."""
+    shared = adapter_reference(policy) if named is None else None
+    return shared if shared is not None else place(initial_model(ctx, named or start).model)
 
 
 class ReferenceLogps:

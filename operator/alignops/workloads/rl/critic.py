@@ -28,9 +28,10 @@ def _no_dropout(model):
     return model
 
 
-def load_critic(path: Path):
+def load_critic(path: Path, trust_remote_code: bool = False):
     """A value model from any checkpoint with a matching transformer (critic, reward model or policy)."""
-    model = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32)
+    model = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32,
+                                                            trust_remote_code=trust_remote_code)
     return _no_dropout(model)
 
 

@@ -14,8 +14,9 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.data.batching import encode_prompt
-from alignops.workloads.models.loading import autocast_dtype, load_tokenizer, pick_device
-from alignops.workloads.models.policy import Starting, initial_model, input_checkpoint, starting_policy
+from alignops.workloads.models.adapter import save_plain_model
+from alignops.workloads.models.loading import autocast_dtype, load_reward_model, pick_device
+from alignops.workloads.models.policy import Starting, initial_model, model_directory, open_tokenizer, starting_policy
 from alignops.workloads.rl.prompts import round_prompts
 from alignops.workloads.rl.rewards import RewardMix, RewardResources, ScoringBatch, default_terms
 from alignops.workloads.rl.store import Rollout, RoundRollouts, save_rollouts
@@ -135,7 +136,7 @@ def reward_mix(ctx: RunContext, hp: RlHyperparameters, place=None) -> RewardMix:
     rm_uri = ctx.config.inputs.reward_model
     terms = hp.rewards or default_terms(rm_uri is not None)
     needs_rm = any(t.name == "reward_model" for t in terms)
-    directory = ctx.open_uri(rm_uri) if (needs_rm and rm_uri) else None
+    directory = model_directory(ctx, rm_uri, load_reward_model) if (needs_rm and rm_uri) else None
     return RewardMix(terms, RewardResources(reward_model_dir=directory, device=pick_device(), batch_size=hp.generation_batch_size,
                                             place=place))
 
@@ -147,10 +148,11 @@ def rollout_policy(ctx: RunContext, hp: RlHyperparameters) -> Starting:
     if not engine_traits(hp.engine).loads_from_disk:
         return starting_policy(ctx)
     resume = ctx.latest()
-    directory = ctx.checkpoint_dir(resume) if resume is not None else input_checkpoint(ctx, ctx.config.inputs.policy)
-    if directory is None:
-        return initial_model(ctx, ctx.config.inputs.policy)
-    return Starting(None, load_tokenizer(directory), resume, directory)
+    location = ctx.config.inputs.policy or ctx.config.base_model.location
+    if resume is None and location is None:
+        return initial_model(ctx, None)
+    directory = ctx.checkpoint_dir(resume) if resume is not None else model_directory(ctx, location)
+    return Starting(None, open_tokenizer(ctx, directory), resume, directory)
 
 
 def engine_extra(hp: RlHyperparameters, model_config, device: torch.device) -> dict:
@@ -175,7 +177,7 @@ def engine_for(ctx: RunContext, hp: RlHyperparameters, model, tokenizer, directo
         if directory is not None:
             return directory
         target = ctx.scratch / "engine-start"
-        model.save_pretrained(str(target), safe_serialization=True)
+        save_plain_model(model, target)
         tokenizer.save_pretrained(str(target))
         return target
 

@@ -19,7 +19,8 @@ from alignops.contract import StageResult
 from alignops.demo.arithmetic import is_correct
 from alignops.workloads.evaluation.generation import greedy_accuracy
 from alignops.workloads.models.loading import pick_device
-from alignops.workloads.models.policy import initial_model, input_checkpoint, starting_policy
+from alignops.workloads.models.reference import frozen_reference
+from alignops.workloads.models.policy import load_model, starting_policy
 from alignops.workloads.rl.batch import pack
 from alignops.workloads.rl.store import Rollout, RoundRollouts
 from alignops.workloads.rl.update import PolicyUpdate, RlPlan, kl_controller, prepare_round
@@ -72,7 +73,7 @@ class Trainer:
         self.critic = engine.models[1] if critic is not None else None
         self.reference = None
         if plan.use_reference:  # placed as the engine places models: sharded under ZeRO-3
-            self.reference = engine.frozen(initial_model(ctx, inputs.reference or inputs.policy).model)
+            self.reference = frozen_reference(ctx, self.model, inputs.reference, inputs.policy, engine.frozen)
         if start.resume is not None:
             self.loop.restore(start.directory, start.resume)
         self.kl = kl_controller(hp, self.state.kl_coef)
@@ -95,9 +96,10 @@ class Trainer:
             critic = load_critic(directory / CRITIC_DIR)
         else:
             inputs = self.ctx.config.inputs
-            source = self.ctx.open_uri(inputs.reward_model) if inputs.reward_model else input_checkpoint(self.ctx, inputs.policy)
+            source = inputs.reward_model or inputs.policy or self.ctx.config.base_model.location
             torch.manual_seed(self.hp.seed)  # a new head's initialisation
-            critic = load_critic(source) if source is not None else build_critic(self.ctx.config.base_model.architecture, self.tokenizer)
+            critic = (load_model(self.ctx, source, load_critic, build_critic).model if source is not None
+                      else build_critic(self.ctx.config.base_model.architecture, self.tokenizer))
         critic.config.pad_token_id = self.tokenizer.pad_token_id
         return critic.to(pick_device())
 

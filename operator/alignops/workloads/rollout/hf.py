@@ -9,8 +9,8 @@ top_k=50 when unset): the trainer's distribution has no top-k.
 Seeding: one torch generator per call, seeded with the call's first prompt seed; its draws for the
 rows of a batch are independent, so equal prompts in one call still get independent samples.
 
-A response ends at its first end-of-sequence token or where its text first contains a stop string
-(both kept); ``generate`` pads finished rows with the pad token, which is never part of a response.
+A response ends at its first end-of-sequence token (any of the model's: ``stop_token_ids``) or where
+its text first contains a stop string (both kept); ``generate`` pads finished rows with the pad token, which is never part of a response.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 
 import torch
 
+from alignops.workloads.models.loading import stop_token_ids
 from alignops.workloads.rollout.base import ENGINES, Completion, EngineInputs, EngineTraits, SamplingSettings
 
 
@@ -59,7 +60,7 @@ class TransformersEngine:
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=stop_token_ids(self.model, tok),
                       num_return_sequences=sampling.n, return_dict_in_generate=True, output_logits=True)
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None)
@@ -89,8 +90,8 @@ class TransformersEngine:
 
     def _response_length(self, ids: list[int], stop: tuple[str, ...]) -> tuple[int, bool]:
         """(tokens in the response, whether it ended by itself) for one row of ``generate``'s output."""
-        eos = self.tokenizer.eos_token_id
-        end = ids.index(eos) + 1 if eos in ids else None
+        stops = set(stop_token_ids(self.model, self.tokenizer))
+        end = next((i + 1 for i, token in enumerate(ids) if token in stops), None)
         if stop:
             limit = end or len(ids)
             text = self.tokenizer.decode(ids[:limit], skip_special_tokens=True)

@@ -36,8 +36,9 @@ from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.held_out import load_held_out_pairs
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
-from alignops.workloads.models.policy import Starting, initial_model, starting_policy
-from alignops.workloads.models.reference import ReferenceLogps, freeze
+from alignops.workloads.models.adapter import adapter_reference
+from alignops.workloads.models.policy import Starting, starting_policy
+from alignops.workloads.models.reference import ReferenceLogps, freeze, frozen_reference
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
@@ -96,12 +97,13 @@ class PreferenceStage(Stage):
         return start
 
     def load_reference(self, untrained: bool):
-        """The frozen reference: ``reference`` if given, else the policy's starting checkpoint. An
-        untrained fresh policy is its own reference, copied instead of loaded a second time."""
+        """The frozen reference: ``reference`` if given, else the policy's starting checkpoint (the
+        policy with its adapter off, where it trains one). An untrained fresh policy is its own
+        reference, copied instead of loaded a second time."""
         inputs = self.ctx.config.inputs
-        if untrained and self.start.resume is None and inputs.reference is None:
+        if untrained and self.start.resume is None and inputs.reference is None and adapter_reference(self.start.model) is None:
             return freeze(copy.deepcopy(self.start.model))
-        return freeze(initial_model(self.ctx, inputs.reference or inputs.policy).model)
+        return frozen_reference(self.ctx, self.start.model, inputs.reference, inputs.policy)
 
     def build_dataset(self) -> int:
         if self.traits.paired:

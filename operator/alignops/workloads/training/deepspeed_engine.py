@@ -31,6 +31,7 @@ import torch
 
 from alignops.contract import DistributedRun
 from alignops.workloads.distributed import World
+from alignops.workloads.models.adapter import save_model_checkpoint
 from alignops.workloads.models.loading import autocast_dtype, pick_device
 from alignops.workloads.training.optimization import ScheduleState, Trainable, make_scheduler
 from alignops.workloads.training.optimizer_state import STATE_KEYS, OptimizerStateReader, write_optimizer_state
@@ -195,7 +196,7 @@ class DeepSpeedEngine:
         if self.world.is_main:
             state.update({name: buffer.detach().cpu() for name, buffer in module.named_buffers()
                           if name in module.state_dict()})
-            module.save_pretrained(str(directory), state_dict=state, safe_serialization=True)
+            save_model_checkpoint(module, directory, state)
         self.world.barrier()
 
     def save_state(self, directory: Path) -> None:

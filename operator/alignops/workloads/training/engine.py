@@ -24,6 +24,7 @@ import torch
 
 from alignops.contract import DistributedRun
 from alignops.workloads.distributed import SINGLE, World
+from alignops.workloads.models.adapter import save_model_checkpoint
 from alignops.workloads.models.loading import autocast_dtype, pick_device
 from alignops.workloads.training.optimization import ScheduleState, Trainable, make_scheduler
 from alignops.workloads.training.optimizer_state import (
@@ -120,7 +121,7 @@ class PlainEngine:
         return self.scheduler.get_last_lr()[0]
 
     def save_pretrained(self, model: torch.nn.Module, directory: Path) -> None:
-        model.save_pretrained(str(directory), safe_serialization=True)
+        save_model_checkpoint(model, directory)
 
     def save_state(self, directory: Path) -> None:
         write_optimizer_state(directory, adam_states(self.optimizer, _named(self.trainables)), adam_step(self.optimizer))
