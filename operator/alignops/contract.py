@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignops.api.common import Datasets, ModelSource
+from alignops.api.judge import JudgeSpec
 
 EXIT_OK = 0
 EXIT_RETRY = 1
@@ -55,6 +56,7 @@ class Inputs(_Wire):
     policy: str | None = None
     reference: str | None = None
     reward_model: str | None = None
+    judge: str | None = None  # an LLM judge's checkpoint URI, or hf://<hub id>[@<revision>]
 
 
 class StageRunConfig(_Wire):
@@ -70,6 +72,8 @@ class StageRunConfig(_Wire):
     base_model: ModelSource
     inputs: Inputs = Field(default_factory=Inputs)
     datasets: Datasets | None = None
+    # the stage's LLM judge (online_dpo): its template and answer pattern; its model is inputs.judge
+    judge: JudgeSpec | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     storage: StorageTarget
     # key of the stage under the storage root: <namespace>/<job>/<stage>

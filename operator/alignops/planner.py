@@ -145,6 +145,8 @@ def _resolve_ref(ref, status: JobStatus) -> str | None:
         return None
     if ref.uri is not None:
         return ref.uri
+    if getattr(ref, "hub", None) is not None:  # an LLM judge from the Hugging Face Hub
+        return ref.hub_uri
     observed = status.stage(ref.from_stage)
     return observed.checkpoint_uri if observed else None
 
@@ -169,6 +171,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
         base_model=job.spec.model,
         inputs=inputs,
         datasets=stage.datasets,
+        judge=getattr(stage, "judge", None),
         hyperparameters=stage.hyperparameters.model_dump(mode="json", by_alias=True),
         storage=StorageTarget(
             uri=storage.uri if storage else defaults.storage_uri,
