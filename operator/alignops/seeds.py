@@ -6,6 +6,8 @@ Streams (coordinates, where):
 - data order: (EPOCH, epoch); workloads/training/order.py, workloads/rl/prompts.py
 - PPO mini-batches: (ROUND, round), (MINIBATCH_EPOCH, epoch); workloads/rl/update.py
 - rollout sampling: (ROUND, round), (GENERATE_CALL, call); workloads/rl/sampling.py
+- a self-training round's data order: (ROUND, round), (TRAINING_SET, i) for its i-th training set
+  (ReST: Improve step i), then (EPOCH, epoch); workloads/stages/iterative.py
 - demo record formats: (RECORD_FORMAT, 1); demo/arithmetic.py
 """
 
@@ -16,6 +18,7 @@ ROUND = 1_000_003
 MINIBATCH_EPOCH = 101
 GENERATE_CALL = 1_000
 RECORD_FORMAT = 7919
+TRAINING_SET = 211
 
 
 def derive_seed(seed: int, *coordinates: tuple[int, int]) -> int:

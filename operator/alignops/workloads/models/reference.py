@@ -10,8 +10,12 @@ recomputes bit-identical reference log-probs (exact resume).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from alignops.workloads.context import RunContext
+from alignops.workloads.models.policy import Starting, initial_model
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -19,6 +23,16 @@ from alignops.workloads.data.sft import SftExample
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.requires_grad_(False)
     return model.eval()
+
+
+def frozen_reference(ctx: RunContext, start: Starting, untrained: bool) -> torch.nn.Module:
+    """The frozen reference: ``inputs.reference`` if given, else the policy's starting checkpoint
+    (never the stage's own resumed one). An untrained fresh policy (``untrained`` and not resumed)
+    is its own reference, copied instead of loaded a second time."""
+    inputs = ctx.config.inputs
+    if untrained and start.resume is None and inputs.reference is None:
+        return freeze(copy.deepcopy(start.model))
+    return freeze(initial_model(ctx, inputs.reference or inputs.policy).model)
 
 
 class ReferenceLogps:

@@ -26,9 +26,14 @@ def sample_seed(hp: RlHyperparameters, round_: int, call: int) -> int:
 
 
 class RoundSampler:
-    """Generates and scores one round with the current policy, and commits its rollouts."""
+    """Generates and scores one round with the current policy, and commits its rollouts.
 
-    def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan, tokenizer, prompts: list[dict], engine,
+    ``hp`` is any hyperparameters model with the rollout settings (``RolloutSettings``); ``plan`` is
+    the rl stage's (None: no greedy baseline); ``rewards`` any scorer with ``RewardMix``'s call
+    signature (the stages built on these pieces pass their own: an LLM judge, a match to the SFT
+    response)."""
+
+    def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan | None, tokenizer, prompts: list[dict], engine,
                  rewards: RewardMix):
         self.ctx, self.hp, self.plan, self.tokenizer, self.prompts, self.engine, self.rewards = ctx, hp, plan, tokenizer, prompts, engine, rewards
 
@@ -64,7 +69,7 @@ class RoundSampler:
         started = time.perf_counter()
         groups = self._generate(ids, sampling, round_, 0)
         greedy = None
-        if self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
+        if self.plan is not None and self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
             greedy = [g[0] for g in self._generate(ids, SamplingSettings(max_new_tokens=hp.max_new_tokens, stop=sampling.stop, greedy=True),
                                                     round_, 500)]
         time_generate = time.perf_counter() - started

@@ -10,4 +10,7 @@ STAGES = {
     "preference": "alignops.workloads.stages.preference",
     "rank": "alignops.workloads.stages.rank",
     "rl": "alignops.workloads.rl.stage",
+    "rejection_sampling": "alignops.workloads.stages.rejection_sampling",
+    "online_dpo": "alignops.workloads.stages.online_dpo",
+    "spin": "alignops.workloads.stages.spin",
 }

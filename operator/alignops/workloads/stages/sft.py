@@ -43,6 +43,17 @@ def learnable_examples(examples: list[SftExample], source: str, max_length: int)
     return kept
 
 
+def sft_loss(model, examples: list[SftExample], pad_token_id: int, condition_weights: dict[str, float] | None = None) -> MicroBatchLoss:
+    """The SFT loss of one micro-batch: response-token cross-entropy (``masked_lm_loss``), each
+    example weighted by its source's C-RLFT weight when ``condition_weights`` is given."""
+    input_ids, labels, attention = sft_batch(examples, pad_token_id, next(model.parameters()).device)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    example_weights = None
+    if condition_weights:
+        example_weights = torch.tensor([condition_weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
+    return MicroBatchLoss(loss=masked_lm_loss(logits.float(), labels, example_weights), tokens=int(attention.sum()))
+
+
 class SftStage(Stage):
     hyperparameters = SftHyperparameters
 
@@ -71,15 +82,7 @@ class SftStage(Stage):
         return metrics
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        examples = [self.train[i] for i in indices]
-        input_ids, labels, attention = sft_batch(examples, self.pad, next(model.parameters()).device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        weights = self.hp.condition_weights
-        example_weights = None
-        if weights:
-            example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
-        loss = masked_lm_loss(logits.float(), labels, example_weights)
-        return MicroBatchLoss(loss=loss, tokens=int(attention.sum()))
+        return sft_loss(model, [self.train[i] for i in indices], self.pad, self.hp.condition_weights)
 
     def extra_metrics(self) -> dict[str, float]:
         return {"droppedExamples": self.dropped} if self.dropped else {}
