@@ -49,7 +49,7 @@ SFT = {"name": "sft", "type": "sft", "datasets": {"train": {"generator": "arithm
 PROMPT_DATA = {"train": {"generator": "arithmetic", "size": 4000, "seed": 2}}
 SAMPLING = {"promptsPerRound": PROMPTS, "samplesPerPrompt": SAMPLES, "maxNewTokens": 5, "evalEvery": ROUNDS}
 CONSTANT = {"lrScheduler": "constant", "warmupSteps": 0}
-DPO = {"beta": 0.1, "rpoAlpha": 1.0, "learningRate": 0.0003, "batchSize": 32, **CONSTANT}
+DPO = {"beta": 0.1, "learningRate": 0.0001, "batchSize": 32, **CONSTANT}
 VERIFIER = [{"name": "exact_answer"}]
 
 METHODS: dict[str, tuple[str, dict]] = {

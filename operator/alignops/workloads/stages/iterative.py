@@ -134,7 +134,8 @@ class IterativeStage:
                       "lr": trainer.loop.engine.learning_rate(), **batch.stats, **figures,
                       "time_train": time.perf_counter() - started, "time_sync": time_sync}
             trainer.finish_round(round_, record)
-        return trainer.result(self.totals())
+        trained = [h["loss"] for h in trainer.state.history if "loss" in h]
+        return trainer.result({**({"lossFirst": trained[0]} if trained else {}), **self.totals()})
 
     def train_steps(self, size: int, loss_fn: LossFn, training_set: int = 0) -> dict[str, float]:
         """``stepsPerRound`` optimiser steps on a training set of ``size`` items, ``loss_fn(model,

@@ -22,7 +22,7 @@ Round record keys: ``pairs``, ``ties`` (prompts or pairs without a verdict), ``j
 ``judge_inconsistent`` (LLM judge), ``loss``, ``reward_accuracy``, ``reward_margin``,
 ``logp_chosen``, ``logp_rejected`` (means over the round's steps). Status metrics:
 ``accuracyBefore``/``accuracyAfter``, ``rewardFirst``/``rewardLast`` (judge: the reward functions;
-with an LLM judge the mean score, 0.5 by construction), ``loss``, ``rounds``, ``steps``, ``pairs``,
+with an LLM judge the mean score, 0.5 by construction), ``lossFirst``, ``loss``, ``rounds``, ``steps``, ``pairs``,
 ``judgeUnparsed``, ``judgeInconsistent``.
 """
 

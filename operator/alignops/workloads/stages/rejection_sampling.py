@@ -16,7 +16,7 @@ SFT loss for ``stepsPerRound`` optimiser steps:
 Round record keys beside the sampler's (``reward_mean``, ...): ``kept`` (responses trained on,
 summed over the round's sets), ``kept_<i>`` per ReST Improve step, ``loss``, ``grad_norm``.
 Status metrics: ``accuracyBefore``/``accuracyAfter`` (held-out greedy accuracy), ``rewardFirst`` /
-``rewardLast``, ``loss``, ``rounds``, ``steps``, ``kept`` (summed over every round).
+``rewardLast``, ``lossFirst``, ``loss``, ``rounds``, ``steps``, ``kept`` (summed over every round).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Round record keys: ``pairs``, ``matches`` (answers equal to the SFT response), `
 (the share of such answers), ``loss``, ``reward_accuracy``, ``reward_margin``, ``logp_chosen``,
 ``logp_rejected``. Status metrics: ``accuracyBefore``/``accuracyAfter`` (held-out greedy accuracy,
 demo task), ``rewardFirst``/``rewardLast`` (the share of answers equal to the SFT response in the
-first and last round), ``loss``, ``rounds``, ``steps``, ``pairs``.
+first and last round), ``lossFirst``, ``loss``, ``rounds``, ``steps``, ``pairs``.
 """
 
 from __future__ import annotations
