@@ -27,12 +27,14 @@ TRAINING = {"maxSteps": 12, "batchSize": 16, "evalSize": 32, "logEvery": 1, "che
 SFT = {**TRAINING, "maxSteps": 300, "batchSize": 32}
 RL = {"rounds": 3, "promptsPerRound": 16, "samplesPerPrompt": 4, "maxNewTokens": 6, "evalSize": 16, "batchSize": 8,
       "miniBatches": 2, "evalEvery": 1}
+# the stages that train in rounds on their own samples (rejection_sampling, online_dpo, spin)
+ROUNDS = {**{k: v for k, v in RL.items() if k != "miniBatches"}, "stepsPerRound": 2}
 
 
 def overrides(document: dict) -> list[str]:
     values = []
     for stage in document["spec"]["stages"]:
-        chosen = {"rl": RL, "sft": SFT}.get(stage["type"], TRAINING)
+        chosen = {"rl": RL, "sft": SFT, "rejection_sampling": ROUNDS, "online_dpo": ROUNDS, "spin": ROUNDS}.get(stage["type"], TRAINING)
         for key, value in chosen.items():
             values.append(f"stages.{stage['name']}.hyperparameters.{key}={value}")
         train = (stage.get("datasets") or {}).get("train") or {}

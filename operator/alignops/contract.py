@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignops.api.common import Datasets, LoraAdapter, ModelSource
+from alignops.api.judge import JudgeSpec
 
 EXIT_OK = 0
 EXIT_RETRY = 1
@@ -88,7 +89,7 @@ class Inputs(_Wire):
     policy: str | None = None
     reference: str | None = None
     reward_model: str | None = None
-    judge: str | None = None
+    judge: str | None = None  # a judge's model: a checkpoint URI or hf://ORG/NAME@REVISION
 
 
 class DistributedRun(_Wire):
@@ -119,6 +120,8 @@ class StageRunConfig(_Wire):
     base_model: ModelSource
     inputs: Inputs = Field(default_factory=Inputs)
     datasets: Datasets | None = None
+    # the stage's LLM judge (online_dpo): its template and answer pattern; its model is inputs.judge
+    judge: JudgeSpec | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     adapter: LoraAdapter | None = None  # the stage's LoRA adapter, if it trains one
     storage: StorageTarget

@@ -199,6 +199,7 @@ def resolve_run(job: AlignmentJob, status: JobStatus, stage_name: str, attempt: 
         base_model=job.spec.model,
         inputs=inputs,
         datasets=_resolve_datasets(stage.datasets, status),
+        judge=getattr(stage, "judge", None),
         hyperparameters=stage.hyperparameters.model_dump(mode="json", by_alias=True),
         adapter=getattr(stage, "adapter", None),
         storage=StorageTarget(

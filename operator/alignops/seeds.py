@@ -9,6 +9,8 @@ Streams (coordinates, where):
   (SAMPLE, 0); pass 0 samples the groups, pass 1 ReMax's greedy baseline; workloads/rl/sampling.py.
   vLLM gives the j-th sample of a request the seed + j: SAMPLE > samplesPerPrompt keeps every
   sample's seed distinct from every other prompt's.
+- a self-training round's data order: (ROUND, round), (TRAINING_SET, i) for its i-th training set
+  (ReST: Improve step i), then (EPOCH, epoch); workloads/stages/iterative.py
 - demo record formats: (RECORD_FORMAT, 1); demo/arithmetic.py
 - a process's random streams on a resume at another process count: (PROCESS, rank), (STEP, step);
   workloads/training/state.py
@@ -25,6 +27,7 @@ SAMPLE = 1_031  # > 1024, the most samplesPerPrompt allows
 RECORD_FORMAT = 7919
 PROCESS = 1_009
 STEP = 10_007
+TRAINING_SET = 211
 
 
 def derive_seed(seed: int, *coordinates: tuple[int, int]) -> int:

@@ -18,6 +18,7 @@ def _index_of(values, item):
 
 
 FUNCTIONS = {"indexOf": _index_of}
+_PROGRAMS: dict = {}
 
 
 def _values_with_rules(schema: dict, value, path: str = ""):
@@ -41,7 +42,9 @@ def evaluate_rules(schema: dict, document: dict) -> list[str]:
     for path, rules, value in _values_with_rules(schema, document):
         activation = {"self": celpy.json_to_cel(value)}
         for rule in rules:
-            program = env.program(env.compile(rule["rule"]), functions=FUNCTIONS)
+            program = _PROGRAMS.get(rule["rule"])
+            if program is None:  # compiling is most of the cost: once per rule text
+                program = _PROGRAMS[rule["rule"]] = env.program(env.compile(rule["rule"]), functions=FUNCTIONS)
             try:
                 result = program.evaluate(activation)
             except Exception as exc:  # noqa: BLE001 - an evaluation error is a rejection too

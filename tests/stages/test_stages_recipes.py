@@ -18,18 +18,20 @@ from alignops.api.validation import load_job
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPARISON_TYPES = {"reward", "preference", "rank"}
+ROUND_TYPES = {"rl", "rejection_sampling", "online_dpo", "spin"}  # stages that these overrides would not shrink
 
 
 def comparison_recipes() -> list[Path]:
     """Recipes with a comparison stage; those with an rl stage too (ppo-instructgpt) run in
-    tests/rl/test_rl_recipes.py, whose overrides also shrink the rl stage."""
+    tests/rl/test_rl_recipes.py, those with a self-training stage (oaif) in
+    tests/stages/test_stages_iterative.py, whose overrides also shrink those stages."""
     def types(p: Path) -> set:
         return {s.get("type") for s in yaml.safe_load(p.read_text())["spec"]["stages"]}
 
     # recipes with a generate stage run in tests/workloads/test_workloads_generate.py (their tiny
     # models write too little through the parsers for a comparison stage to learn from)
     return sorted(p for p in (ROOT / "pipelines").glob("*.yaml")
-                  if COMPARISON_TYPES & types(p) and not {"rl", "generate"} & types(p))
+                  if COMPARISON_TYPES & types(p) and not (ROUND_TYPES | {"generate"}) & types(p))
 
 
 SMALL = [

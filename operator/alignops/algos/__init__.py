@@ -75,6 +75,7 @@ from .ranking_losses import RANKING_LOSSES, best_response_index, rrhf
 from .registry import Registry, UnknownNameError
 from .reward_losses import REWARD_LOSSES, RewardLossTraits, bradley_terry, plackett_luce
 from .rewards import kimi_length_reward
+from .selection import best_worst_pairs, raft_keep, rest_keep
 from .sft import masked_lm_loss
 
 __all__ = [
@@ -157,4 +158,8 @@ __all__ = [
     "AdaptiveKLController",
     # aggregation
     "aggregate_loss",
+    # self-training selection (rejection sampling, online DPO)
+    "raft_keep",
+    "rest_keep",
+    "best_worst_pairs",
 ]

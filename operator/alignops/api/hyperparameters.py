@@ -28,13 +28,23 @@ class OptimizerCore(ApiModel):
     )
 
 
-class OptimizerSettings(OptimizerCore):
-    """Optimiser, schedule and batch shape of the stages that pass over a dataset."""
+class AccumulationSettings(ApiModel):
+    """Gradient accumulation: every stage that cuts its own optimiser steps into micro-batches."""
 
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step.")
+
+
+class LengthSettings(ApiModel):
+    """Truncation of tokenised training examples."""
+
+    max_length: int = Field(64, ge=8, le=131072, description="Longest tokenised example; longer ones are truncated.")
+
+
+class OptimizerSettings(OptimizerCore, AccumulationSettings, LengthSettings):
+    """Optimiser, schedule and batch shape of the stages that pass over a dataset."""
+
     epochs: int = Field(1, ge=1, le=1000, description="Passes over the training set (ignored when maxSteps is set).")
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimiser steps; overrides epochs.")
-    max_length: int = Field(64, ge=8, le=131072, description="Longest tokenised example; longer ones are truncated.")
 
 
 class RetentionSettings(ApiModel):

@@ -138,10 +138,9 @@ class CriticSettings(ApiModel):
     value_clip: float = Field(0.2, gt=0, le=1000, description="PPO value clipping: V may move at most this far from its rollout-time value.")
 
 
-class RlHyperparameters(OptimizerCore, RetentionSettings):
-    """Online RL in rounds: sample ``samplesPerPrompt`` responses to ``promptsPerRound`` prompts with
-    the current policy, score them, compute advantages, update the policy for ``ppoEpochs`` passes of
-    ``miniBatches`` optimiser steps, commit the round (rollouts, then the checkpoint)."""
+class RolloutSettings(ApiModel):
+    """Rounds of sampling from the current policy: the rl stage's, and those of every stage that
+    trains on the policy's own samples (rejection_sampling, online_dpo, spin)."""
 
     rounds: int = Field(20, ge=1, le=100_000, description="Rounds of generate -> score -> update -> commit.")
     prompts_per_round: int = Field(32, ge=1, le=100_000, description="Prompts sampled (without replacement within an epoch of the data) per round.")
@@ -153,6 +152,36 @@ class RlHyperparameters(OptimizerCore, RetentionSettings):
     stop: list[StopString] | None = Field(
         None, max_length=8, description="Strings that end a response (kept in it), besides the end-of-sequence token.",
     )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Rollout engine: transformers (CPU or GPU, always available) or vllm (GPU images only).",
+    )
+    generation_batch_size: int = Field(64, ge=1, le=65536, description="Prompts per call of the rollout engine (transformers).")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm: share of GPU memory the engine may take (the trainer needs the rest when colocated).")
+    eval_every: int = Field(1, ge=1, le=100_000, description="Held-out greedy accuracy every this many rounds (and after the last).")
+
+    @model_validator(mode="after")
+    def _vllm_temperature(self) -> "RolloutSettings":
+        # vLLM's SamplingParams refuses temperatures above 2 (vllm/sampling_params.py, _verify_args)
+        if self.engine == "vllm" and self.temperature > 2:
+            raise ValueError(f"temperature {self.temperature}: engine vllm samples at temperatures up to 2; "
+                             "lower hyperparameters.temperature or use engine: transformers")
+        return self
+
+
+class RewardSettings(ApiModel):
+    """The reward functions that score sampled responses."""
+
+    rewards: list[RewardTerm] | None = Field(
+        None, max_length=8,
+        description="Reward functions and weights; default: reward_model when rewardModel is given, else exact_answer.",
+    )
+
+
+class RlHyperparameters(OptimizerCore, RetentionSettings, RolloutSettings, RewardSettings):
+    """Online RL in rounds: sample ``samplesPerPrompt`` responses to ``promptsPerRound`` prompts with
+    the current policy, score them, compute advantages, update the policy for ``ppoEpochs`` passes of
+    ``miniBatches`` optimiser steps, commit the round (rollouts, then the checkpoint)."""
+
     kl: KlSettings = Field(default_factory=KlSettings, description="KL penalty to the reference model.")
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = Field(
         "token_mean",
@@ -171,26 +200,8 @@ class RlHyperparameters(OptimizerCore, RetentionSettings):
         1.0, gt=0, le=1000,
         description="apa: lambda of the squared loss (log pi - log pi_init - A / lambda)^2; larger keeps the policy nearer its start.",
     )
-    rewards: list[RewardTerm] | None = Field(
-        None, max_length=8,
-        description="Reward functions and weights; default: reward_model when rewardModel is given, else exact_answer.",
-    )
-    engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Rollout engine: transformers (CPU or GPU, always available) or vllm (GPU images only).",
-    )
     placement: Literal["colocated", "split"] = Field(
         "colocated",
         description="colocated: one run holds the policy, the rollout engine and the trainer; split: per round a `rollout` run "
         "and a `train` run of the entrypoint, passing rollouts and the checkpoint through storage.",
     )
-    generation_batch_size: int = Field(64, ge=1, le=65536, description="Prompts per call of the rollout engine (transformers).")
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm: share of GPU memory the engine may take (the trainer needs the rest when colocated).")
-    eval_every: int = Field(1, ge=1, le=100_000, description="Held-out greedy accuracy every this many rounds (and after the last).")
-
-    @model_validator(mode="after")
-    def _vllm_temperature(self) -> "RlHyperparameters":
-        # vLLM's SamplingParams refuses temperatures above 2 (vllm/sampling_params.py, _verify_args)
-        if self.engine == "vllm" and self.temperature > 2:
-            raise ValueError(f"temperature {self.temperature}: engine vllm samples at temperatures up to 2; "
-                             "lower hyperparameters.temperature or use engine: transformers")
-        return self

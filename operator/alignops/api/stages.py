@@ -18,6 +18,8 @@ from alignops.api.hyperparameters import (
     SftHyperparameters,
 )
 from alignops.api.generate import GENERATE_METHODS, GenerateHyperparameters
+from alignops.api.iterative import OnlineDpoHyperparameters, RejectionSamplingHyperparameters, SpinHyperparameters
+from alignops.api.judge import JudgeSpec
 from alignops.api.rl import GROUP_ALGORITHMS, PAIR_ALGORITHMS, RL_ALGORITHMS, RlHyperparameters
 
 # What a stage leaves behind, so references can be checked for the right kind.
@@ -40,6 +42,14 @@ class StageBase(ApiModel):
     active_deadline_seconds: int | None = Field(None, ge=1, le=30 * 24 * 3600, description="Wall-clock limit of one attempt.")
     progress_deadline_seconds: int | None = Field(
         None, ge=30, le=7 * 24 * 3600, description="An attempt reporting no progress for this long is stalled and restarted."
+    )
+
+
+class RewardModelInput(ApiModel):
+    """The stage types whose reward functions may score with a `reward` stage's model."""
+
+    reward_model: StageRef | None = Field(
+        None, description="A `reward` stage's model (or a sequence-classifier checkpoint URI) for the reward_model reward function.",
     )
 
 
@@ -104,7 +114,7 @@ class RankStage(StageBase):
     hyperparameters: RankHyperparameters = Field(default_factory=RankHyperparameters, description="Training settings.")
 
 
-class RlStage(StageBase):
+class RlStage(StageBase, RewardModelInput):
     """Online RL in rounds (generate -> score -> advantages -> update -> commit) on `prompts` records
     (``prompt``, and ``answer`` for the verifiers): PPO with a critic, GRPO, Dr. GRPO, RLOO,
     REINFORCE++ (with or without a group baseline) and ReMax."""
@@ -118,9 +128,6 @@ class RlStage(StageBase):
     )
     policy: StageRef | None = Field(None, description="Model to optimise; defaults to spec.model.")
     reference: StageRef | None = Field(None, description="Frozen reference of the KL penalty; defaults to the policy's starting checkpoint.")
-    reward_model: StageRef | None = Field(
-        None, description="A `reward` stage's model (or a sequence-classifier checkpoint URI) for the reward_model reward function.",
-    )
     adapter: LoraAdapter | None = Field(None, description="Train a LoRA adapter (peft) instead of every weight.")
     hyperparameters: RlHyperparameters = Field(default_factory=RlHyperparameters, description="Rollout, reward and update settings.")
 
@@ -132,11 +139,7 @@ class RlStage(StageBase):
         if self.algorithm in PAIR_ALGORITHMS and (hp.samples_per_prompt != 2 or hp.batch_size % 2):
             raise ValueError(f"algorithm {self.algorithm} compares pairs of responses: set hyperparameters.samplesPerPrompt: 2 "
                              "and an even batchSize")
-        names = {term.name for term in hp.rewards or []}
-        if "reward_model" in names and self.reward_model is None:
-            raise ValueError("reward reward_model needs the rewardModel input (e.g. rewardModel: {fromStage: <a reward stage>})")
-        if self.reward_model is not None and hp.rewards is not None and "reward_model" not in names:
-            raise ValueError("rewardModel is given but no reward in hyperparameters.rewards uses it; add {name: reward_model}")
+        check_reward_inputs(self.reward_model, hp.rewards)
         if self.adapter is not None and hp.engine == "vllm":
             raise ValueError(ADAPTER_ENGINE_MESSAGE)
         return self
@@ -147,6 +150,10 @@ ADAPTER_ENGINE_MESSAGE = "adapter: engine vllm does not sample from a LoRA polic
 
 
 JUDGE_MESSAGE = "judge labels pairs for method ai_preferences only: remove it, or use method ai_preferences"
+# a generate stage's judge reads its own template file (with a principle); the online_dpo prompt settings do not apply
+JUDGE_PROMPT_FIELDS = {"template", "answer_pattern", "both_orders", "max_new_tokens"}
+GENERATE_JUDGE_PROMPT_MESSAGE = ("judge.template, answerPattern, bothOrders and maxNewTokens apply to online_dpo; a generate stage's "
+                                 "judge prompt is the ai_preferences.judge entry of hyperparameters.templates")
 
 
 class GenerateStage(StageBase):
@@ -161,14 +168,142 @@ class GenerateStage(StageBase):
         ..., description="self_instruct, evol_instruct, self_align, constitutional (SL-CAI) or ai_preferences (RL-CAI / RLAIF).",
     )
     policy: StageRef | None = Field(None, description="The model that writes; defaults to spec.model.")
-    judge: StageRef | None = Field(None, description="ai_preferences: the model that labels the pairs; defaults to the policy.")
+    judge: JudgeSpec | None = Field(
+        None, description="ai_preferences: the model that labels the pairs (fromStage, uri or hub); defaults to the policy. Its prompt "
+        "is the ai_preferences.judge template (hyperparameters.templates), so judge.template and the answer settings stay unset.",
+    )
     hyperparameters: GenerateHyperparameters = Field(default_factory=GenerateHyperparameters, description="Generation settings.")
 
     @model_validator(mode="after")
     def _judge_only_for_preferences(self) -> "GenerateStage":
         if self.judge is not None and self.method != "ai_preferences":
             raise ValueError(JUDGE_MESSAGE)
+        if self.judge is not None and JUDGE_PROMPT_FIELDS & self.judge.model_fields_set:
+            raise ValueError(GENERATE_JUDGE_PROMPT_MESSAGE)
         return self
+
+
+# the paired losses of alignops.algos.PREFERENCE_LOSSES: what online_dpo and spin optimise on their pairs
+PAIRED_PREFERENCE_ALGORITHMS = ("dpo", "cdpo", "ipo", "simpo", "orpo")
+REWARD_MODEL_UNUSED = "rewardModel is given but no reward in hyperparameters.rewards uses it; add {name: reward_model}"
+REWARD_MODEL_MISSING = "reward reward_model needs the rewardModel input (e.g. rewardModel: {fromStage: <a reward stage>})"
+
+
+def check_reward_inputs(reward_model: StageRef | None, rewards) -> None:
+    """A reward_model reward needs the rewardModel input, and the input needs a reward that uses it."""
+    names = {term.name for term in rewards or []}
+    if "reward_model" in names and reward_model is None:
+        raise ValueError(REWARD_MODEL_MISSING)
+    if reward_model is not None and rewards is not None and "reward_model" not in names:
+        raise ValueError(REWARD_MODEL_UNUSED)
+
+
+class RejectionSamplingStage(StageBase, RewardModelInput):
+    """Rejection-sampling fine-tuning in rounds on `prompts` records: sample ``samplesPerPrompt``
+    responses per prompt with the current policy, score them with the reward functions (a verifier or a
+    `reward` stage's model), keep the best ``topK`` per prompt (raft) or, for each Improve step, those
+    at or above its threshold (rest), and fine-tune on the kept responses with the SFT loss."""
+
+    type: Literal["rejection_sampling"] = Field(..., description="Stage type.")
+    algorithm: Literal["raft", "rest"] = Field(
+        "raft", description="raft: the best topK responses per prompt each round; rest: one Grow set per round, then one Improve "
+        "step per threshold in hyperparameters.thresholds.",
+    )
+    policy: StageRef | None = Field(None, description="Model to fine-tune; defaults to spec.model.")
+    hyperparameters: RejectionSamplingHyperparameters = Field(
+        default_factory=RejectionSamplingHyperparameters, description="Sampling, selection and training settings.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RejectionSamplingStage":
+        hp = self.hyperparameters
+        if self.algorithm == "rest" and hp.thresholds is None:
+            raise ValueError(REST_NEEDS_THRESHOLDS)
+        if self.algorithm == "raft" and hp.thresholds is not None:
+            raise ValueError(RAFT_NO_THRESHOLDS)
+        if self.algorithm == "rest" and ({"top_k", "min_reward"} & hp.model_fields_set):
+            raise ValueError(REST_NO_TOP_K)
+        check_reward_inputs(self.reward_model, hp.rewards)
+        return self
+
+
+REST_NEEDS_THRESHOLDS = "algorithm rest needs hyperparameters.thresholds (one reward threshold per Improve step)"
+RAFT_NO_THRESHOLDS = "hyperparameters.thresholds applies to algorithm rest; raft keeps the best topK (and minReward)"
+REST_NO_TOP_K = "hyperparameters.topK and minReward apply to algorithm raft; rest keeps what reaches each threshold"
+
+
+class OnlineDpoStage(StageBase, RewardModelInput):
+    """Online DPO (OAIF, iterative DPO) in rounds on `prompts` records: sample ``samplesPerPrompt``
+    responses per prompt with the current policy, let a judge pick the better of each pair (an LLM
+    `judge`, or the reward functions: the best against the worst sample of a prompt), then take
+    ``stepsPerRound`` steps of a DPO-family loss on the round's fresh pairs."""
+
+    type: Literal["online_dpo"] = Field(..., description="Stage type.")
+    algorithm: Literal[PAIRED_PREFERENCE_ALGORITHMS] = Field(  # type: ignore[valid-type]
+        "dpo", description="Preference loss on the judged pairs: dpo, cdpo, ipo, simpo or orpo.",
+    )
+    policy: StageRef | None = Field(None, description="Model to optimise; defaults to spec.model.")
+    reference: StageRef | None = Field(
+        None, description="Frozen reference model; defaults to the policy's starting checkpoint (see hyperparameters.syncReference).",
+    )
+    judge: JudgeSpec | None = Field(
+        None, description="An LLM judge that picks the better of two responses (instead of the reward functions).",
+    )
+    hyperparameters: OnlineDpoHyperparameters = Field(
+        default_factory=OnlineDpoHyperparameters, description="Sampling, judging and update settings.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OnlineDpoStage":
+        hp = self.hyperparameters
+        if hp.samples_per_prompt < 2:
+            raise ValueError(ONLINE_DPO_PAIRS)
+        if hp.rpo_alpha != 0 and self.algorithm in NO_RPO_ALGORITHMS:
+            raise ValueError(RPO_MESSAGE)
+        if self.judge is not None and (hp.rewards is not None or self.reward_model is not None):
+            raise ValueError(JUDGE_OR_REWARDS)
+        check_reward_inputs(self.reward_model, hp.rewards)
+        return self
+
+
+ONLINE_DPO_PAIRS = "hyperparameters.samplesPerPrompt must be >= 2: the judge compares responses to the same prompt"
+JUDGE_OR_REWARDS = "judge and the reward functions (hyperparameters.rewards, rewardModel) are two kinds of judge; use one"
+
+
+class SpinStage(StageBase):
+    """SPIN (self-play fine-tuning) on `sft` records, in iterations (rounds): the policy answers the
+    round's SFT prompts; each answer that differs from the SFT response is the rejected side of a pair
+    whose chosen side is the SFT response, and the policy as it starts the iteration is the reference."""
+
+    type: Literal["spin"] = Field(..., description="Stage type.")
+    algorithm: Literal[PAIRED_PREFERENCE_ALGORITHMS] = Field(  # type: ignore[valid-type]
+        "dpo", description="Loss on (SFT response, own answer): dpo is SPIN's logistic loss; cdpo, ipo, simpo or orpo.",
+    )
+    policy: StageRef | None = Field(None, description="Model to fine-tune (an SFT model, as in the paper); defaults to spec.model.")
+    hyperparameters: SpinHyperparameters = Field(default_factory=SpinHyperparameters, description="Sampling and update settings.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SpinStage":
+        if self.hyperparameters.rpo_alpha != 0 and self.algorithm in NO_RPO_ALGORITHMS:
+            raise ValueError(RPO_MESSAGE)
+        return self
+
+
+def _no_rpo_rule() -> tuple[str, str]:
+    return ("!has(self.hyperparameters) || !has(self.hyperparameters.rpoAlpha) || self.hyperparameters.rpoAlpha == 0.0"
+            " || !has(self.algorithm) || !(self.algorithm in [" + ", ".join(f"'{a}'" for a in NO_RPO_ALGORITHMS) + "])",
+            RPO_MESSAGE)
+
+
+def _reward_model_rules() -> tuple[tuple[str, str], ...]:
+    return (
+        ("!has(self.hyperparameters) || !has(self.hyperparameters.rewards) || !self.hyperparameters.rewards.exists(r, r.name == 'reward_model')"
+         " || has(self.rewardModel)",
+         "the reward_model reward needs the rewardModel input"),
+        ("!has(self.rewardModel) || !has(self.hyperparameters) || !has(self.hyperparameters.rewards)"
+         " || self.hyperparameters.rewards.exists(r, r.name == 'reward_model')",
+         "rewardModel is given but no reward in hyperparameters.rewards uses it"),
+    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +316,8 @@ class StageType:
     default_algorithm: str | None = None
     # which dataset format the stage reads, for generators and sniffing
     dataset_format: str = "sft"
-    # processes (GPUs) one run may use: every trained type runs DeepSpeed across resources.gpus
+    # processes (GPUs) one run may use: the trained types run DeepSpeed across resources.gpus; the
+    # self-training types (rounds of sample -> score -> train in one process) use one GPU for now
     max_gpus: int = 64
     # (CEL rule on the stage object, message): within-stage checks the CRD makes for this type only
     rules: tuple[tuple[str, str], ...] = ()
@@ -196,14 +332,14 @@ STAGE_TYPES: dict[str, StageType] = {
     "preference": StageType(model=PreferenceStage, produces="policy", inputs={"policy": ("policy",), "reference": ("policy",)},
                             algorithms=("dpo", "cdpo", "ipo", "simpo", "orpo", "kto"), default_algorithm="dpo",
                             dataset_format="pairs",
-                            rules=(("!has(self.hyperparameters) || !has(self.hyperparameters.rpoAlpha) || self.hyperparameters.rpoAlpha == 0.0"
-                                    " || !has(self.algorithm) || !(self.algorithm in [" + ", ".join(f"'{a}'" for a in NO_RPO_ALGORITHMS) + "])",
-                                    RPO_MESSAGE),)),
+                            rules=(_no_rpo_rule(),)),
     "rank": StageType(model=RankStage, produces="policy", inputs={"policy": ("policy",)},
                       algorithms=("rrhf",), default_algorithm="rrhf", dataset_format="rankings"),
     "generate": StageType(model=GenerateStage, produces="dataset", inputs={"policy": ("policy",), "judge": ("policy",)},
                           dataset_format="prompts",
-                          rules=(("!has(self.judge) || self.method == 'ai_preferences'", JUDGE_MESSAGE),)),
+                          rules=(("!has(self.judge) || self.method == 'ai_preferences'", JUDGE_MESSAGE),
+                                 ("!has(self.judge) || (!has(self.judge.template) && !has(self.judge.answerPattern)"
+                                  " && !has(self.judge.bothOrders) && !has(self.judge.maxNewTokens))", GENERATE_JUDGE_PROMPT_MESSAGE))),
     "rl": StageType(
         model=RlStage, produces="policy",
         inputs={"policy": ("policy",), "reference": ("policy",), "reward_model": ("rewardModel",)},
@@ -216,16 +352,41 @@ STAGE_TYPES: dict[str, StageType] = {
              " || (has(self.hyperparameters) && has(self.hyperparameters.samplesPerPrompt) && self.hyperparameters.samplesPerPrompt == 2"
              " && (!has(self.hyperparameters.batchSize) || self.hyperparameters.batchSize % 2 == 0))",
              "the pairwise algorithms (" + ", ".join(PAIR_ALGORITHMS) + ") need hyperparameters.samplesPerPrompt: 2 and an even batchSize"),
-            ("!has(self.hyperparameters) || !has(self.hyperparameters.rewards) || !self.hyperparameters.rewards.exists(r, r.name == 'reward_model')"
-             " || has(self.rewardModel)",
-             "the reward_model reward needs the rewardModel input"),
-            ("!has(self.rewardModel) || !has(self.hyperparameters) || !has(self.hyperparameters.rewards)"
-             " || self.hyperparameters.rewards.exists(r, r.name == 'reward_model')",
-             "rewardModel is given but no reward in hyperparameters.rewards uses it"),
+            *_reward_model_rules(),
             ("!has(self.adapter) || !has(self.hyperparameters) || !has(self.hyperparameters.engine)"
              " || self.hyperparameters.engine != 'vllm'", ADAPTER_ENGINE_MESSAGE),
         ),
     ),
+    "rejection_sampling": StageType(
+        model=RejectionSamplingStage, produces="policy", inputs={"policy": ("policy",), "reward_model": ("rewardModel",)},
+        algorithms=("raft", "rest"), default_algorithm="raft", dataset_format="prompts", max_gpus=1,
+        rules=(
+            ("!has(self.algorithm) || self.algorithm != 'rest' || (has(self.hyperparameters) && has(self.hyperparameters.thresholds))",
+             REST_NEEDS_THRESHOLDS),
+            ("(has(self.algorithm) && self.algorithm == 'rest') || !has(self.hyperparameters) || !has(self.hyperparameters.thresholds)",
+             RAFT_NO_THRESHOLDS),
+            ("!has(self.algorithm) || self.algorithm != 'rest' || !has(self.hyperparameters)"
+             " || (!has(self.hyperparameters.topK) && !has(self.hyperparameters.minReward))",
+             REST_NO_TOP_K),
+            *_reward_model_rules(),
+        ),
+    ),
+    "online_dpo": StageType(
+        model=OnlineDpoStage, produces="policy",
+        inputs={"policy": ("policy",), "reference": ("policy",), "reward_model": ("rewardModel",), "judge": ("policy",)},
+        algorithms=PAIRED_PREFERENCE_ALGORITHMS, default_algorithm="dpo", dataset_format="prompts", max_gpus=1,
+        rules=(
+            ("!has(self.hyperparameters) || !has(self.hyperparameters.samplesPerPrompt) || self.hyperparameters.samplesPerPrompt >= 2",
+             ONLINE_DPO_PAIRS),
+            ("!has(self.judge) || (!has(self.rewardModel) && (!has(self.hyperparameters) || !has(self.hyperparameters.rewards)))",
+             JUDGE_OR_REWARDS),
+            _no_rpo_rule(),
+            *_reward_model_rules(),
+        ),
+    ),
+    "spin": StageType(model=SpinStage, produces="policy", inputs={"policy": ("policy",)},
+                      algorithms=PAIRED_PREFERENCE_ALGORITHMS, default_algorithm="dpo", dataset_format="sft", max_gpus=1,
+                      rules=(_no_rpo_rule(),)),
 }
 
 Stage = Annotated[Union[tuple(t.model for t in STAGE_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]

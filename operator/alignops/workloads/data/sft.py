@@ -95,6 +95,24 @@ def sft_text(record: dict, chat: Chat) -> SftText:
                        f"got keys {sorted(keys)}")
 
 
+def sft_prompt_and_response(record: dict, tokenizer) -> tuple[str, str]:
+    """(prompt text, response text) of an SFT record, for stages that sample the prompt and compare
+    the answer with the response (spin): chat ``messages`` (the last turn, an assistant's, is the
+    response; the rest is rendered with the generation prompt) or ``prompt``/``completion``."""
+    keys, chat = present(record), Chat(tokenizer)
+    if "messages" in keys:
+        messages = check_messages(record["messages"])
+        if messages[-1]["role"] != "assistant":
+            raise DatasetError("a `messages` record must end with an assistant turn (the response)")
+        return chat.prompt(messages[:-1]), messages[-1]["content"]
+    if "prompt" in keys and "completion" in keys:
+        if is_conversation(record["prompt"]) or is_conversation(record["completion"]):
+            completion = as_messages(record, "completion", "assistant")
+            return chat.prompt(as_messages(record, "prompt", "user")), "".join(m["content"] for m in completion)
+        return text_field(record, "prompt"), text_field(record, "completion")
+    raise DatasetError(f"an SFT record needs `messages` or `prompt` and `completion`; got keys {sorted(keys)}")
+
+
 def assemble(pieces: list[tuple[list[int], bool]], standard: bool, bos: int | None, eos: int,
              max_length: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of tokenised pieces: bos where the tokenizer has one and the text does

@@ -11,12 +11,14 @@ share of a chunk and all of them get the whole chunk: each sequence is scored on
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from alignops.workloads.context import RunContext
 from alignops.workloads.distributed import SINGLE, World
 from alignops.workloads.models.adapter import adapter_reference
-from alignops.workloads.models.policy import initial_model
+from alignops.workloads.models.policy import Starting, initial_model
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -26,12 +28,20 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def frozen_reference(ctx: RunContext, policy: torch.nn.Module, named: str | None, start: str | None, place=freeze):
-    """The frozen reference: the policy itself with its adapter off where it trains one and no other
-    reference is ``named`` (no second copy), else the model at ``named`` or the policy's ``start``,
-    loaded and frozen by ``place`` (an engine's ``frozen``: sharded under ZeRO-3)."""
-    shared = adapter_reference(policy) if named is None else None
-    return shared if shared is not None else place(initial_model(ctx, named or start).model)
+def frozen_reference(ctx: RunContext, start: Starting, untrained: bool, place=freeze):
+    """The frozen reference: ``inputs.reference`` if given, else the policy's starting model (never
+    the stage's own resumed checkpoint). Where no reference is named, a policy training an adapter
+    is its own reference with the adapter off, and an untrained fresh policy (``untrained`` and not
+    resumed) is copied: no second load. A loaded reference is placed by ``place`` (an engine's
+    ``frozen``: sharded under ZeRO-3)."""
+    inputs = ctx.config.inputs
+    if inputs.reference is None:
+        shared = adapter_reference(start.model)
+        if shared is not None:
+            return shared
+        if untrained and start.resume is None:
+            return place(copy.deepcopy(start.model))
+    return place(initial_model(ctx, inputs.reference or inputs.policy).model)
 
 
 class ReferenceLogps:

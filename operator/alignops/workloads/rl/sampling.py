@@ -37,11 +37,16 @@ def prompt_seeds(hp: RlHyperparameters, round_: int, pass_: int, count: int) -> 
 class RoundSampler:
     """Generates and scores one round with the current policy, and commits its rollouts.
 
+    ``hp`` is any hyperparameters model with the rollout settings (``RolloutSettings``); ``plan`` is
+    the rl stage's (None: no greedy baseline); ``rewards`` any scorer with ``RewardMix``'s call
+    signature (the stages built on these pieces pass their own: an LLM judge, a match to the SFT
+    response).
+
     On several processes each generates every ``size``-th prompt's group (groups stay whole for the
     group advantages) with the weights gathered once for the round (``gathered``: ZeRO-3's whole
     weights), and every process gets the whole round back; the main process commits it."""
 
-    def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan, tokenizer, prompts: list[dict], engine,
+    def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan | None, tokenizer, prompts: list[dict], engine,
                  rewards: RewardMix, gathered: Callable[[], ContextManager] = contextlib.nullcontext):
         self.ctx, self.hp, self.plan, self.tokenizer, self.prompts, self.engine, self.rewards = ctx, hp, plan, tokenizer, prompts, engine, rewards
         self.gathered = gathered
@@ -95,7 +100,7 @@ class RoundSampler:
             self._check_stop(round_)
         groups = self._generate(ids, sampling, round_, SAMPLED)
         greedy = None
-        if self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
+        if self.plan is not None and self.plan.greedy_baseline:  # ReMax: one greedy response per prompt is the baseline
             greedy = [g[0] for g in self._generate(ids, SamplingSettings(max_new_tokens=hp.max_new_tokens, stop=sampling.stop, greedy=True),
                                                     round_, GREEDY)]
         time_generate = time.perf_counter() - started

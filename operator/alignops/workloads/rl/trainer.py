@@ -4,91 +4,45 @@ restores), the KL controller; one round's update, evaluation, commit and metrics
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from alignops.api.rl import RlHyperparameters
-from alignops.workloads.context import RunContext, StopRequested
+from alignops.workloads.context import RunContext
 from alignops.workloads.rl.critic import CRITIC_DIR, CRITIC_PREFIX, build_critic, load_critic
-from alignops.contract import StageResult
-from alignops.demo.arithmetic import is_correct
-from alignops.workloads.evaluation.generation import greedy_accuracy
 from alignops.workloads.models.loading import pick_device
 from alignops.workloads.models.reference import frozen_reference
-from alignops.workloads.models.policy import load_model, starting_policy
+from alignops.workloads.models.policy import load_model
 from alignops.workloads.rl.batch import pack
+from alignops.workloads.rl.rounds import RL_STATE, RlState, RoundTrainer
 from alignops.workloads.rl.store import Rollout, RoundRollouts
 from alignops.workloads.rl.update import PolicyUpdate, RlPlan, kl_controller, prepare_round
 from alignops.workloads.training.engine import Trainable
-from alignops.workloads.training.loop import TrainLoop
 
-RL_STATE = "rl_state.json"
-
-
-@dataclass
-class RlState:
-    """What every checkpoint carries beyond the weights and the optimizer: rounds done, the KL
-    coefficient, the held-out figures before round 1, and a one-line summary per round."""
-
-    rounds_done: int = 0
-    kl_coef: float | None = None
-    before: dict[str, float] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, directory: Path) -> "RlState":
-        return cls(**json.loads((directory / RL_STATE).read_text()))
-
-    def save(self, directory: Path) -> None:
-        (directory / RL_STATE).write_text(json.dumps(asdict(self)))
+__all__ = ["RL_STATE", "RlState", "Trainer", "logprob_gap"]
 
 
-class Trainer:
-    """The policy (resumed from the stage's last committed round, else its input), the frozen
-    reference, the critic (ppo), the TrainLoop (optimizer steps, commit and restore), the KL
-    controller and the held-out prompts."""
+class Trainer(RoundTrainer):
+    """The rl stage's ``RoundTrainer``: also the frozen reference, the critic (ppo), the KL
+    controller and the policy update."""
 
     def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan):
-        self.ctx, self.hp, self.plan = ctx, hp, plan
-        self.eval_records: list[dict] = []
-        self.check: Callable[[str, str], bool] = is_correct
-        start = starting_policy(ctx)
-        self.start = start
-        self.model, self.tokenizer = start.model, start.tokenizer
-        self.state = RlState.load(start.directory) if start.resume is not None else RlState()
+        super().__init__(ctx, hp)
+        self.plan = plan
         inputs = ctx.config.inputs
         critic = self._critic() if plan.use_critic else None
         extra = [Trainable(critic, CRITIC_PREFIX, hp.critic.learning_rate)] if critic is not None else []
         steps_per_round = hp.ppo_epochs * min(hp.mini_batches, hp.prompts_per_round * hp.samples_per_prompt)
-        # no dataset pass: PolicyUpdate feeds the loop's optimizer_step its own micro-batches
-        self.loop = TrainLoop(ctx, self.model, hp, None, self._save_extra, total_steps=hp.rounds * steps_per_round,
-                              extra_trainables=extra)
-        engine = self.loop.engine
-        self.model = engine.model  # forward passes go through the engine (ZeRO-3 needs its hooks)
+        engine = self.make_loop(hp.rounds * steps_per_round, extra).engine
         self.critic = engine.models[1] if critic is not None else None
         self.reference = None
         if plan.use_reference:  # placed as the engine places models: sharded under ZeRO-3
-            self.reference = frozen_reference(ctx, self.model, inputs.reference, inputs.policy, engine.frozen)
-        if start.resume is not None:
-            self.loop.restore(start.directory, start.resume)
+            self.reference = frozen_reference(ctx, self.start, untrained=False, place=engine.frozen)
+        self.resume()
         self.kl = kl_controller(hp, self.state.kl_coef)
         self.update = PolicyUpdate(plan, hp, self.model, self.critic, self.loop)
-
-    def begin(self, eval_records: list[dict], check: Callable[[str, str], bool] = is_correct) -> None:
-        """Set the held-out prompts and how an answer is checked; a fresh stage evaluates its
-        starting policy on them."""
-        self.eval_records, self.check = eval_records, check
-        if self.start.resume is None:
-            self.state.before = self.evaluate()
-
-    @property
-    def world(self):
-        return self.ctx.world
 
     def _critic(self):
         directory = self.start.directory
@@ -103,22 +57,9 @@ class Trainer:
         critic.config.pad_token_id = self.tokenizer.pad_token_id
         return critic.to(pick_device())
 
-    def _save_extra(self, directory: Path) -> None:
-        self.tokenizer.save_pretrained(str(directory))
+    def save_more(self, directory: Path) -> None:
         if self.critic is not None:  # every process takes part: the engine gathers a sharded critic
             self.loop.engine.save_pretrained(self.critic, directory / CRITIC_DIR)
-        self.state.save(directory)
-
-    def evaluate(self) -> dict[str, float]:
-        if not self.eval_records:
-            return {}
-        with self.loop.engine.gathered():  # every process evaluates the same prompts
-            return {"accuracy": greedy_accuracy(self.model, self.tokenizer, self.eval_records, self.hp.max_new_tokens,
-                                                self.check)}
-
-    def _check_stop(self, round_: int) -> None:
-        if self.loop.stop_requested():
-            raise StopRequested(f"stopped while training round {round_}; rounds 1..{self.state.rounds_done} are committed")
 
     def train_round(self, batch: RoundRollouts, time_sync: float = 0.0) -> dict:
         """Update on one round's rollouts, evaluate, commit the round's checkpoint, log its record."""
@@ -133,7 +74,7 @@ class Trainer:
         kl_coef = self.kl.value
         tensors, prep = prepare_round(self.plan, hp, self.model, self.reference, self.critic, tokens, scores, group_ids,
                                       baseline, kl_coef, self.world)
-        metrics = self.update.run(tensors, round_, kl_coef, lambda: self._check_stop(round_))
+        metrics = self.update.run(tensors, round_, kl_coef, lambda: self.check_stop(round_))
         time_train = time.perf_counter() - started
         prep.update({k: metrics.pop(k) for k in ("entropy", "kl") if k in metrics})
         if "kl" in prep:
@@ -147,36 +88,8 @@ class Trainer:
         train_tokens = metrics.pop("train_tokens")
         record.update(metrics, time_train=time_train, time_sync=time_sync,
                       tokens_per_second_train=train_tokens / time_train if time_train > 0 else 0.0)
-        if round_ % hp.eval_every == 0 or round_ == hp.rounds:
-            started = time.perf_counter()
-            record.update(self.evaluate())
-            record["time_eval"] = time.perf_counter() - started
-        self.state.rounds_done = round_
         self.state.kl_coef = self.kl.value
-        self.state.history.append({k: record[k] for k in ("round", "reward_mean", "loss", "kl", "accuracy", "logprob_gap",
-                                                           "response_length_mean") if k in record})
-        position.round = round_
-        self.loop.commit()
-        self.ctx.metrics.log(record)
-        return record
-
-    def result(self) -> StageResult:
-        metrics: dict[str, float] = {"rounds": self.state.rounds_done, "steps": self.loop.state.step,
-                                     "worldSize": self.world.size}
-        for name, value in self.state.before.items():
-            metrics[f"{name}Before"] = value
-        history = self.state.history
-        if history:
-            last = history[-1]
-            metrics.update(rewardFirst=history[0]["reward_mean"], rewardLast=last["reward_mean"], loss=last["loss"])
-            for key, name in (("kl", "kl"), ("logprob_gap", "logprobGap"), ("response_length_mean", "responseLength")):
-                if key in last:
-                    metrics[name] = last[key]
-            evaluated = [h for h in history if "accuracy" in h]
-            if evaluated:
-                metrics["accuracyAfter"] = evaluated[-1]["accuracy"]
-        uri = self.loop.committed.uri if self.loop.committed is not None else None
-        return StageResult(checkpoint_uri=uri, metrics=metrics)
+        return self.finish_round(round_, record)
 
 
 def logprob_gap(rollouts: list[Rollout], trainer_logp: torch.Tensor, mask: torch.Tensor) -> float | None:

@@ -11,4 +11,7 @@ STAGES = {
     "rank": "alignops.workloads.stages.rank",
     "rl": "alignops.workloads.rl.stage",
     "generate": "alignops.workloads.generate.stage",
+    "rejection_sampling": "alignops.workloads.stages.rejection_sampling",
+    "online_dpo": "alignops.workloads.stages.online_dpo",
+    "spin": "alignops.workloads.stages.spin",
 }

@@ -18,8 +18,6 @@ the reference on held-out responses) and, on the demo task, ``answerAccuracy`` (
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from alignops.algos import (
@@ -35,10 +33,10 @@ from alignops.algos import (
 from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.held_out import load_held_out_pairs
+from alignops.workloads.data.sft import SftExample
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
-from alignops.workloads.models.adapter import adapter_reference
 from alignops.workloads.models.policy import Starting, starting_policy
-from alignops.workloads.models.reference import ReferenceLogps, freeze, frozen_reference
+from alignops.workloads.models.reference import ReferenceLogps, frozen_reference
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
@@ -82,6 +80,24 @@ def batch_metrics(out) -> dict[str, float]:
     return metrics
 
 
+def pair_loss(model, pairs: list[list[SftExample]], ref: torch.Tensor | None, loss_of, options: PreferenceOptions,
+              pad_token_id: int) -> MicroBatchLoss:
+    """A paired preference loss on one micro-batch of ``[chosen, rejected]`` examples, with the
+    reference's summed log-probs ``ref`` (b, 2) (None for reference-free losses). Chosen and
+    rejected go through the policy in one forward pass (TRL's concatenated forward)."""
+    scores = sequence_logps(model, [p[0] for p in pairs] + [p[1] for p in pairs], pad_token_id)
+    b = len(pairs)
+    inputs = PreferenceInputs(
+        policy_chosen_logps=scores.logp_sum[:b], policy_rejected_logps=scores.logp_sum[b:],
+        ref_chosen_logps=ref[:, 0] if ref is not None else None, ref_rejected_logps=ref[:, 1] if ref is not None else None,
+        chosen_lengths=scores.lengths[:b], rejected_lengths=scores.lengths[b:],
+    )
+    out = loss_of(inputs, options)
+    logps = scores.logp_sum.detach()
+    metrics = {**batch_metrics(out), "logp_chosen": float(logps[:b].mean()), "logp_rejected": float(logps[b:].mean())}
+    return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
+
+
 class PreferenceStage(Stage):
     hyperparameters = PreferenceHyperparameters
     default_algorithm = "dpo"
@@ -97,13 +113,7 @@ class PreferenceStage(Stage):
         return start
 
     def load_reference(self, untrained: bool):
-        """The frozen reference: ``reference`` if given, else the policy's starting checkpoint (the
-        policy with its adapter off, where it trains one). An untrained fresh policy is its own
-        reference, copied instead of loaded a second time."""
-        inputs = self.ctx.config.inputs
-        if untrained and self.start.resume is None and inputs.reference is None and adapter_reference(self.start.model) is None:
-            return freeze(copy.deepcopy(self.start.model))
-        return frozen_reference(self.ctx, self.start.model, inputs.reference, inputs.policy)
+        return frozen_reference(self.ctx, self.start, untrained)
 
     def build_dataset(self) -> int:
         if self.traits.paired:
@@ -161,20 +171,8 @@ class PreferenceStage(Stage):
         return self.pair_loss(model, indices) if self.traits.paired else self.unpaired_loss(model, indices)
 
     def pair_loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        pairs = [self.items[i] for i in indices]
-        # chosen and rejected in one forward pass (TRL's concatenated forward)
-        scores = sequence_logps(model, [p[0] for p in pairs] + [p[1] for p in pairs], self.pad)
-        b = len(indices)
         ref = self.cache.get(indices) if self.cache is not None else None
-        inputs = PreferenceInputs(
-            policy_chosen_logps=scores.logp_sum[:b], policy_rejected_logps=scores.logp_sum[b:],
-            ref_chosen_logps=ref[:, 0] if ref is not None else None, ref_rejected_logps=ref[:, 1] if ref is not None else None,
-            chosen_lengths=scores.lengths[:b], rejected_lengths=scores.lengths[b:],
-        )
-        out = self.loss_of(inputs, self.options)
-        logps = scores.logp_sum.detach()
-        metrics = {**batch_metrics(out), "logp_chosen": float(logps[:b].mean()), "logp_rejected": float(logps[b:].mean())}
-        return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
+        return pair_loss(model, [self.items[i] for i in indices], ref, self.loss_of, self.options, self.pad)
 
     def unpaired_loss(self, model, indices: list[int]) -> MicroBatchLoss:
         items, cache, world = self.items, self.cache, self.ctx.world

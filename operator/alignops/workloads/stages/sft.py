@@ -20,10 +20,22 @@ from alignops.workloads.context import ConfigError
 from alignops.workloads.data.batching import sft_batch
 from alignops.workloads.data.held_out import held_out_records
 from alignops.workloads.data.packing import pack_bfd, packed_batch, packed_logits
-from alignops.workloads.data.sft import tokenize_sft
+from alignops.workloads.data.sft import SftExample, tokenize_sft
 from alignops.workloads.evaluation.generation import greedy_accuracy, sft_eval_loss
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss
+
+
+def sft_loss(model, examples: list[SftExample], pad_token_id: int, condition_weights: dict[str, float] | None = None) -> MicroBatchLoss:
+    """The SFT loss of one micro-batch of unpacked examples: the token mean of the response-token
+    cross-entropy (``masked_lm_loss``), each example weighted by its source's C-RLFT weight when
+    ``condition_weights`` is given."""
+    input_ids, labels, attention = sft_batch(examples, pad_token_id, next(model.parameters()).device)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    example_weights = None
+    if condition_weights:
+        example_weights = torch.tensor([condition_weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
+    return MicroBatchLoss(loss=masked_lm_loss(logits.float(), labels, example_weights), tokens=int(attention.sum()))
 
 
 class SftStage(Stage):
@@ -71,24 +83,17 @@ class SftStage(Stage):
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
         device = next(model.parameters()).device
         weights = self.hp.condition_weights
-        if self.rows is None:
-            examples = self.train.take(indices)
-            input_ids, labels, attention = sft_batch(examples, self.pad, device)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits
-            tokens = int(attention.sum())
-            example_weights = None
-            if weights:
-                example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=device)
-        else:
-            rows = [self.train.take(self.rows[i]) for i in indices]
-            input_ids, labels, positions = packed_batch(rows, self.pad, device)
-            logits = packed_logits(model, input_ids, positions)
-            tokens = sum(len(e.input_ids) for row in rows for e in row)
-            example_weights = None
-            if weights:  # per token: each example's weight over its span of the row
-                example_weights = torch.tensor([[weights.get(e.source or "", 1.0) for e in row for _ in e.input_ids]
-                                                + [1.0] * (input_ids.shape[1] - sum(len(e.input_ids) for e in row))
-                                                for row in rows], device=device)
+        if self.rows is None:  # the token mean of these examples; the loop weights it by their share
+            return sft_loss(model, self.train.take(indices), self.pad, weights)
+        rows = [self.train.take(self.rows[i]) for i in indices]
+        input_ids, labels, positions = packed_batch(rows, self.pad, device)
+        logits = packed_logits(model, input_ids, positions)
+        tokens = sum(len(e.input_ids) for row in rows for e in row)
+        example_weights = None
+        if weights:  # per token: each example's weight over its span of the row
+            example_weights = torch.tensor([[weights.get(e.source or "", 1.0) for e in row for _ in e.input_ids]
+                                            + [1.0] * (input_ids.shape[1] - sum(len(e.input_ids) for e in row))
+                                            for row in rows], device=device)
         # the token mean of these items; the loop weights it by their share of the step's tokens
         loss = masked_lm_loss(logits.float(), labels, example_weights)
         return MicroBatchLoss(loss=loss, tokens=tokens)
