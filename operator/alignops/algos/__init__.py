@@ -65,7 +65,8 @@ from .ranking_losses import RANKING_LOSSES, best_response_index, rrhf
 from .registry import Registry, UnknownNameError
 from .reward_losses import REWARD_LOSSES, RewardLossTraits, bradley_terry, plackett_luce
 from .rewards import kimi_length_reward
-from .sft import masked_lm_loss
+from .linear_logprobs import linear_token_logprobs
+from .sft import lm_loss_from_logprobs, masked_lm_loss
 
 __all__ = [
     # registries
@@ -91,8 +92,10 @@ __all__ = [
     "entropy_from_logits",
     "last_valid_index",
     "place_on_last_token",
+    "linear_token_logprobs",
     # SFT
     "masked_lm_loss",
+    "lm_loss_from_logprobs",
     # reward models
     "bradley_terry",
     "plackett_luce",

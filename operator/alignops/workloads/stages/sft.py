@@ -10,7 +10,6 @@ import sys
 
 import torch
 
-from alignops.algos.sft import masked_lm_loss
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.batching import sft_batch
@@ -18,6 +17,7 @@ from alignops.workloads.data.held_out import held_out_source
 from alignops.workloads.data.records import DatasetError, load_records
 from alignops.workloads.data.sft import SftExample, tokenize_sft
 from alignops.workloads.evaluation.generation import greedy_accuracy, sft_eval_loss
+from alignops.workloads.models.token_logps import sft_loss
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss
 
@@ -72,14 +72,15 @@ class SftStage(Stage):
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
         examples = [self.train[i] for i in indices]
-        input_ids, labels, attention = sft_batch(examples, self.pad, next(model.parameters()).device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        device = next(model.parameters()).device
+        input_ids, labels, attention = sft_batch(examples, self.pad, device)
         weights = self.hp.condition_weights
         example_weights = None
         if weights:
-            example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
-        loss = masked_lm_loss(logits.float(), labels, example_weights)
-        return MicroBatchLoss(loss=loss, tokens=int(attention.sum()))
+            example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=device)
+        # the fused/chunked loss: no (batch, length, vocabulary) logits; tokens counted on the host
+        loss = sft_loss(model, input_ids, attention, labels, example_weights)
+        return MicroBatchLoss(loss=loss, tokens=sum(len(e.input_ids) for e in examples))
 
     def extra_metrics(self) -> dict[str, float]:
         return {"droppedExamples": self.dropped} if self.dropped else {}
