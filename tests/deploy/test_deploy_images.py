@@ -224,8 +224,8 @@ def test_operator_image_has_no_torch():
     assert "pip install --no-cache-dir /wheels/alignops-" in text
 
 
-def test_trainer_image_installs_cuda_torch_train_and_deepspeed():
-    assert _installed_extras("trainer") == {"train", "deepspeed"}
+def test_trainer_image_installs_cuda_torch_train_deepspeed_and_liger():
+    assert _installed_extras("trainer") == {"train", "deepspeed", "gpu"}
     installs = pip_installs(instructions(DOCKERFILES["trainer"]))
     torch_pins = [r for args in installs for r in args if r.startswith("torch==")]
     assert len(torch_pins) == 1

@@ -16,6 +16,7 @@ from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.rl.critic import CRITIC_DIR, build_critic, load_critic
 from alignops.contract import StageResult
 from alignops.workloads.evaluation.generation import greedy_accuracy
+from alignops.workloads.models.checkpointing import enable_gradient_checkpointing
 from alignops.workloads.models.loading import pick_device
 from alignops.workloads.models.reference import freeze
 from alignops.workloads.models.policy import initial_model, input_checkpoint, starting_policy
@@ -62,6 +63,8 @@ class Trainer:
         if plan.use_reference:
             self.reference = freeze(initial_model(ctx, inputs.reference or inputs.policy).model)
         self.critic = self._critic() if plan.use_critic else None
+        if hp.gradient_checkpointing:
+            enable_gradient_checkpointing(*[m for m in (self.model, self.critic) if m is not None])
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         if self.critic is not None:
             groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad], "lr": hp.critic.learning_rate})
@@ -119,7 +122,7 @@ class Trainer:
         baseline = torch.tensor([r.baseline_score for r in rollouts]) if self.plan.greedy_baseline else None
         kl_coef = self.kl.value
         tensors, prep = prepare_round(self.plan, hp, self.model, self.reference, self.critic, tokens, scores, group_ids,
-                                      baseline, kl_coef)
+                                      baseline, kl_coef, self.loop.engine.autocast)
         metrics = self.update.run(tensors, round_, kl_coef, lambda: self._check_stop(round_))
         time_train = time.perf_counter() - started
         prep.update({k: metrics.pop(k) for k in ("entropy", "kl") if k in metrics})

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from alignops.contract import StageResult
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data.records import load_records
+from alignops.workloads.models.checkpointing import enable_gradient_checkpointing
 from alignops.workloads.models.policy import Starting, starting_policy
 from alignops.workloads.stages.record import StageRecord
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
@@ -89,6 +90,8 @@ class Stage:
         torch.manual_seed(self.hp.seed)  # before loading: a new head's initialisation draws from it
         self.start = self.load_inputs()
         self.model, self.tokenizer = self.start.model, self.start.tokenizer
+        if self.hp.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.pad = self.tokenizer.pad_token_id
         try:
             size = self.build_dataset()

@@ -27,7 +27,7 @@ from alignops.workloads.data.held_out import load_held_out_pairs
 from alignops.workloads.data.sft import reward_example
 from alignops.workloads.evaluation.pairs import reward_pair_metrics
 from alignops.workloads.models.build import build_scalar_head_model
-from alignops.workloads.models.loading import load_reward_model
+from alignops.workloads.models.loading import float32_head, load_reward_model
 from alignops.workloads.models.policy import Starting, starting_policy
 from alignops.workloads.models.scoring import reward_scores
 from alignops.workloads.stages.base import Stage
@@ -35,8 +35,8 @@ from alignops.workloads.training.loop import MicroBatchLoss
 
 
 def build_reward_model(arch: Architecture, tokenizer) -> LlamaForSequenceClassification:
-    """The base architecture's transformer under a freshly initialised scalar head."""
-    return build_scalar_head_model(arch, tokenizer, LlamaForSequenceClassification)
+    """The base architecture's transformer under a freshly initialised scalar head (float32)."""
+    return float32_head(build_scalar_head_model(arch, tokenizer, LlamaForSequenceClassification))
 
 
 def choose_algorithm(requested: str | None, comparisons: list[Comparison]) -> str:
@@ -91,7 +91,7 @@ class RewardStage(Stage):
             margin = margins.view(-1, 1, 1).expand(-1, width, width)[pair_mask]
             loss = self.loss_of(better, worse, margin).mean()
         gap = (better - worse).detach()
-        metrics = {"reward_accuracy": float((gap > 0).float().mean()), "reward_margin": float(gap.mean())}
+        metrics = {"reward_accuracy": (gap > 0).float().mean(), "reward_margin": gap.mean()}  # read back at log steps
         return MicroBatchLoss(loss=loss, tokens=sum(len(e.input_ids) for e in flat), metrics=metrics)
 
 
