@@ -22,6 +22,12 @@ class SftExample:
         return any(label != IGNORE_INDEX for label in self.labels)
 
 
+def response_tokens(examples: list[SftExample]) -> int:
+    """Labelled (response) tokens of the examples, counted on the host: what a scored batch's
+    ``lengths`` sum to, without reading a device tensor back."""
+    return sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples)
+
+
 def sft_prompt_and_response(record: dict, tokenizer) -> tuple[str, str]:
     """(prompt text, response text) of a record in either format users have: chat ``messages``
     (the last assistant turn is the response) or ``prompt``/``completion``."""

@@ -13,6 +13,7 @@ Tensor shapes: B rollouts of the round, T = L-1 next-token columns (``alignops.w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,7 +34,7 @@ from alignops.algos import (
 from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, RlHyperparameters
 from alignops.workloads.rl.batch import TokenBatch, chunked, response_logprobs, values_of
 from alignops.seeds import MINIBATCH_EPOCH, ROUND, derive_seed
-from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
+from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop, read_back
 
 
 @dataclass(frozen=True)
@@ -102,23 +103,28 @@ def policy_figures(plan: RlPlan, t: RoundTensors) -> dict[str, float]:
 @torch.no_grad()
 def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic, batch: TokenBatch,
                   scores: torch.Tensor, group_ids: torch.Tensor, baseline_scores: torch.Tensor | None,
-                  kl_coef: float) -> tuple[RoundTensors, dict[str, float]]:
+                  kl_coef: float, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  ) -> tuple[RoundTensors, dict[str, float]]:
     """Old/reference log-probs and values (no grad), the KL term, advantages and returns.
 
     Args:
         scores: (B,) R(x, y) of each rollout; group_ids: (B,) its prompt; baseline_scores: (B,)
             the greedy response's R (remax) or None; kl_coef: the current beta.
+        autocast: the update's autocast (``engine.autocast``): the old and reference log-probs must
+            be computed with the numerics of the update's forward, or under bf16 the importance
+            ratio starts away from 1 (and clips) on a policy that has not moved.
     """
     mask = batch.response_mask
     chunk = hp.batch_size
     old_logp = entropy = None
-    if not plan.old_from_update:
-        was = policy.training
-        policy.eval()
-        old_logp, entropy = chunked(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
-        policy.train(was)
-    ref_logp = chunked(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
-    old_values = chunked(lambda b: values_of(critic, b), batch, chunk)[0] if critic is not None else None
+    with autocast():
+        if not plan.old_from_update:
+            was = policy.training
+            policy.eval()
+            old_logp, entropy = chunked(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk)
+            policy.train(was)
+        ref_logp = chunked(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk)[0] if reference is not None else None
+        old_values = chunked(lambda b: values_of(critic, b), batch, chunk)[0] if critic is not None else None
     scores = scores.to(mask.device, torch.float32)
     metrics: dict[str, float] = {}
     kl = None
@@ -196,7 +202,7 @@ class PolicyUpdate:
                 kl = masked_kl(plan.kl_estimator, logp, t.ref_logp[micro, :width], mask)
                 kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
                 loss = loss + kl_coef * kl_loss
-                figures["kl_loss"] = float(kl_loss.detach())
+                figures["kl_loss"] = kl_loss.detach()
             if self.critic is not None:
                 with autocast():
                     values = values_of(self.critic, sub)
@@ -204,9 +210,10 @@ class PolicyUpdate:
                     clipped_value_loss(values, t.old_values[micro, :width], t.returns[micro, :width], hp.critic.value_clip, mask),
                     mask, "token_mean", num_global_tokens=n_tokens)
                 loss = loss + value_loss
-                figures["value_loss"] = float(value_loss.detach())
-            tokens = float(mask.sum())
-            figures.update(policy_loss=float(policy_loss.detach()), clipped_tokens=float(pg.clip_fraction) * tokens,
+                figures["value_loss"] = value_loss.detach()
+            # figures stay 0-dim device tensors; the round reads them back once (PolicyUpdate.run)
+            tokens = mask.sum()
+            figures.update(policy_loss=policy_loss.detach(), clipped_tokens=pg.clip_fraction * tokens,
                            tokens=tokens)
             return MicroBatchLoss(loss, int(sub.attention_mask.sum()), figures)
 
@@ -229,7 +236,7 @@ class PolicyUpdate:
         metrics = {
             "loss": totals["loss"] / n,
             "policy_loss": totals["policy_loss"] / n,
-            "clip_fraction": totals["clipped_tokens"] / max(1.0, totals["tokens"]),
+            "clip_fraction": totals["clipped_tokens"] / max(1.0, float(totals["tokens"])),
             "grad_norm": totals["grad_norm"] / n,
             "train_tokens": totals["train_tokens"],
         }
@@ -240,4 +247,4 @@ class PolicyUpdate:
             metrics["critic_grad_norm"] = totals["critic_grad_norm"] / n
         if self.plan.old_from_update:
             metrics.update(policy_figures(self.plan, t))
-        return metrics
+        return read_back(metrics)

@@ -36,7 +36,7 @@ from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import to_comparisons, to_pairs, to_unpaired
 from alignops.workloads.data.held_out import load_held_out_pairs
-from alignops.workloads.data.sft import tokenize_response
+from alignops.workloads.data.sft import response_tokens, tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
 from alignops.workloads.models.policy import Starting, initial_model, starting_policy
 from alignops.workloads.models.reference import ReferenceLogps, freeze
@@ -70,16 +70,17 @@ def resolve_loss(algorithm: str, options: PreferenceOptions):
     return loss, traits
 
 
-def batch_metrics(out) -> dict[str, float]:
-    chosen, rejected = out.chosen_rewards, out.rejected_rewards
+def batch_metrics(out) -> dict[str, torch.Tensor]:
+    """The implicit rewards' figures as 0-dim device tensors (read back only at log steps)."""
+    chosen, rejected = out.chosen_rewards.detach(), out.rejected_rewards.detach()
     metrics = {}
     if len(chosen) and len(chosen) == len(rejected):
-        metrics["reward_accuracy"] = float((chosen > rejected).float().mean())
-        metrics["reward_margin"] = float((chosen - rejected).mean())
+        metrics["reward_accuracy"] = (chosen > rejected).float().mean()
+        metrics["reward_margin"] = (chosen - rejected).mean()
     if len(chosen):
-        metrics["reward_chosen"] = float(chosen.mean())
+        metrics["reward_chosen"] = chosen.mean()
     if len(rejected):
-        metrics["reward_rejected"] = float(rejected.mean())
+        metrics["reward_rejected"] = rejected.mean()
     return metrics
 
 
@@ -165,7 +166,8 @@ class PreferenceStage(Stage):
     def pair_loss(self, model, indices: list[int]) -> MicroBatchLoss:
         items = self.items
         # chosen and rejected in one forward pass (TRL's concatenated forward)
-        scores = sequence_logps(model, [items[i][0] for i in indices] + [items[i][1] for i in indices], self.pad)
+        sequences = [items[i][0] for i in indices] + [items[i][1] for i in indices]
+        scores = sequence_logps(model, sequences, self.pad)
         b = len(indices)
         ref = self.cache.get(indices) if self.cache is not None else None
         inputs = PreferenceInputs(
@@ -175,12 +177,13 @@ class PreferenceStage(Stage):
         )
         out = self.loss_of(inputs, self.options)
         logps = scores.logp_sum.detach()
-        metrics = {**batch_metrics(out), "logp_chosen": float(logps[:b].mean()), "logp_rejected": float(logps[b:].mean())}
-        return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
+        metrics = {**batch_metrics(out), "logp_chosen": logps[:b].mean(), "logp_rejected": logps[b:].mean()}
+        return MicroBatchLoss(out.losses.mean(), response_tokens(sequences), metrics)
 
     def unpaired_loss(self, model, indices: list[int]) -> MicroBatchLoss:
         unpaired, cache = self.unpaired, self.cache
-        scores = sequence_logps(model, [self.items[i][0] for i in indices], self.pad)
+        sequences = [self.items[i][0] for i in indices]
+        scores = sequence_logps(model, sequences, self.pad)
         # KTO's reference point: completions shifted by one within the batch (TRL), no gradient
         mismatched = [tokenize_response(unpaired[i].prompt, unpaired[indices[(k + 1) % len(indices)]].completion,
                                         self.tokenizer, self.hp.max_length) for k, i in enumerate(indices)]
@@ -189,8 +192,8 @@ class PreferenceStage(Stage):
         kl_ref = kto_reference_point(policy_kl, cache.score(mismatched).logp_sum.to(policy_kl.device))
         desirable = torch.tensor([unpaired[i].desirable for i in indices], device=scores.logp_sum.device)
         out = self.loss_of(KTOInputs(scores.logp_sum, cache.get(indices)[:, 0], desirable, kl_ref), self.options)
-        metrics = {**batch_metrics(out), "kl_ref": float(kl_ref)}
-        return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
+        metrics = {**batch_metrics(out), "kl_ref": torch.as_tensor(kl_ref).detach()}
+        return MicroBatchLoss(out.losses.mean(), response_tokens(sequences), metrics)
 
     def before_training(self, loop: TrainLoop) -> None:
         if self.cache is not None:  # fill the reference cache in the order the first epoch reads

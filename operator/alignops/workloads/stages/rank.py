@@ -18,7 +18,7 @@ from alignops.api.hyperparameters import RankHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import to_comparisons
 from alignops.workloads.data.held_out import load_held_out_pairs
-from alignops.workloads.data.sft import tokenize_response
+from alignops.workloads.data.sft import response_tokens, tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics
 from alignops.workloads.models.scoring import sequence_logps
 from alignops.workloads.stages.base import Stage
@@ -54,7 +54,8 @@ class RankStage(Stage):
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
         counts = [len(self.sequences[i]) for i in indices]
-        scores = sequence_logps(model, [e for i in indices for e in self.sequences[i]], self.pad)
+        sequences = [e for i in indices for e in self.sequences[i]]
+        scores = sequence_logps(model, sequences, self.pad)
         width = max(counts)
         device = scores.logp_sum.device
         mask = torch.tensor([[k < n for k in range(width)] for n in counts], device=device)
@@ -64,8 +65,8 @@ class RankStage(Stage):
         best = best_response_index(rewards, mask)
         best_nll = -p.gather(1, best.unsqueeze(1)).squeeze(1)
         losses = self.loss_of(p, rewards, mask, best_nll, rank_weight=self.hp.rank_weight)
-        metrics = {"best_nll": float(best_nll.detach().mean()), "rank_loss": float((losses - best_nll).detach().mean())}
-        return MicroBatchLoss(losses.mean(), int(scores.lengths.sum()), metrics)
+        metrics = {"best_nll": best_nll.detach().mean(), "rank_loss": (losses - best_nll).detach().mean()}
+        return MicroBatchLoss(losses.mean(), response_tokens(sequences), metrics)
 
 
 STAGE = RankStage

@@ -54,7 +54,7 @@ class StageRecord:
         state = loop.state
         self.ctx.metrics.log({"step": state.step, "total_steps": state.total_steps, "round": state.round,
                               **{snake_case(name): value for name, value in after.items()}})
-        metrics: dict[str, float] = {"loss": state.last_loss, "steps": state.step}
+        metrics: dict[str, float] = {"loss": state.loss(), "steps": state.step}
         if self.first_loss is not None:
             metrics["lossFirst"] = self.first_loss
         for name, value in self.before.items():

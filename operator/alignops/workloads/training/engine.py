@@ -49,9 +49,9 @@ class Engine(Protocol):
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
-    def step(self, max_grad_norm: float) -> list[float]:
+    def step(self, max_grad_norm: float) -> list[torch.Tensor]:
         """Clip each parameter group's gradients, step the optimizer and the scheduler; returns the
-        groups' gradient norms before clipping."""
+        groups' gradient norms before clipping (0-dim tensors, not read back: no host sync)."""
 
     def learning_rate(self) -> float: ...
 
@@ -73,9 +73,11 @@ class PlainEngine:
     def __init__(self, model: torch.nn.Module, hp: Any, total_steps: int, parameter_groups: list[dict] | None = None):
         self.model = model
         groups = parameter_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        self.optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, hp.lr_scheduler, hp.warmup_steps, total_steps)
         self.device = next(model.parameters()).device
+        # the fused CUDA kernel: one launch for every parameter instead of a loop of small ones
+        self.optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                           fused=self.device.type == "cuda")
+        self.scheduler = make_scheduler(self.optimizer, hp.lr_scheduler, hp.warmup_steps, total_steps)
         self.autocast_dtype = autocast_dtype(hp.precision, self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -89,8 +91,8 @@ class PlainEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self, max_grad_norm: float) -> list[float]:
-        norms = [float(torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm)) for group in self.optimizer.param_groups]
+    def step(self, max_grad_norm: float) -> list[torch.Tensor]:
+        norms = [torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm) for group in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
         return norms

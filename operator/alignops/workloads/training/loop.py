@@ -27,24 +27,34 @@ from alignops.workloads.training.state import TrainState
 Micro = TypeVar("Micro")
 
 
+Figure = float | torch.Tensor  # a 0-dim tensor stays on the device until a log step reads it
+
+
 @dataclass
 class MicroBatchLoss:
-    """One micro-batch's loss (what is back-propagated), its tokens, and figures to log."""
+    """One micro-batch's loss (what is back-propagated), its tokens (counted on the host), and
+    figures to log (detached 0-dim tensors or floats: no host sync per micro-batch)."""
 
     loss: torch.Tensor
     tokens: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Figure] = field(default_factory=dict)
 
 
 @dataclass
 class StepOutput:
     """One optimiser step: the loss and figures summed over micro-batches (each divided by the
-    accumulation divisor), the tokens, and each parameter group's gradient norm."""
+    accumulation divisor), the tokens, and each parameter group's gradient norm. Loss, figures and
+    norms are 0-dim device tensors: ``read_back`` them only when they are logged."""
 
-    loss: float
+    loss: torch.Tensor
     tokens: int
-    metrics: dict[str, float]
-    grad_norms: list[float]
+    metrics: dict[str, Figure]
+    grad_norms: list[Figure]
+
+
+def read_back(record: dict) -> dict:
+    """The record with every tensor read back to a Python float (one host sync per log step)."""
+    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 class TrainLoop:
@@ -95,14 +105,19 @@ class TrainLoop:
         ``divisor`` is the accumulation count for per-micro-batch means (1 where the losses are
         already normalised by the whole step's counts, as the rl update's are)."""
         self.engine.zero_grad()
-        loss_total, tokens, metrics = 0.0, 0, {}
+        loss_total, tokens, metrics = None, 0, {}
         for micro in micro_batches:
             out = loss_of(micro)
-            self.engine.backward(out.loss if divisor == 1 else out.loss / divisor)
-            loss_total += out.loss.item() / divisor
+            loss = out.loss if divisor == 1 else out.loss / divisor
+            self.engine.backward(loss)
+            # summed on the device: reading a loss back each micro-batch would stall the GPU queue
+            loss_total = loss.detach() if loss_total is None else loss_total + loss.detach()
             tokens += out.tokens
             for name, value in out.metrics.items():
+                value = value.detach() if isinstance(value, torch.Tensor) else value
                 metrics[name] = metrics.get(name, 0.0) + value / divisor
+        if loss_total is None:
+            loss_total = torch.zeros(())
         norms = self.engine.step(self.hp.max_grad_norm)
         state = self.state
         state.step += 1
@@ -110,8 +125,9 @@ class TrainLoop:
         state.last_loss = loss_total
         return StepOutput(loss_total, tokens, metrics, norms)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimiser step over the next ``gradientAccumulationSteps`` micro-batches of the data."""
+    def train_step(self) -> dict[str, Figure]:
+        """One optimiser step over the next ``gradientAccumulationSteps`` micro-batches of the data
+        (its figures still on the device)."""
         self.model.train()
         accumulation = self.hp.gradient_accumulation_steps
         step = self.state.step
@@ -137,11 +153,11 @@ class TrainLoop:
             window_tokens += record.pop("tokens")
             if state.step % self.hp.log_every == 0 or state.step == state.total_steps:
                 elapsed = time.perf_counter() - window_start
-                self.ctx.metrics.log({
+                self.ctx.metrics.log(read_back({
                     "step": state.step, "total_steps": state.total_steps, "round": state.round,
                     "lr": self.engine.learning_rate(), "step_time": time.perf_counter() - started,
                     "tokens_per_second": window_tokens / elapsed if elapsed > 0 else 0.0, **record,
-                })
+                }))
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
                 self.commit()

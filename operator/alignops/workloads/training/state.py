@@ -24,7 +24,7 @@ class TrainState:
     total_steps: int
     step: int = 0
     tokens_seen: int = 0
-    last_loss: float | None = None
+    last_loss: float | torch.Tensor | None = None  # a 0-dim tensor until read back (at save)
     round: int | None = None
 
     @property
@@ -39,7 +39,11 @@ class TrainState:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, directory / RNG_STATE)
         (directory / TRAINER_STATE).write_text(json.dumps(
             {"step": self.step, "total_steps": self.total_steps, "tokens_seen": self.tokens_seen,
-             "last_loss": self.last_loss, "round": self.round}))
+             "last_loss": self.loss(), "round": self.round}))
+
+    def loss(self) -> float | None:
+        """The last step's loss as a float (reading it back from the device)."""
+        return None if self.last_loss is None else float(self.last_loss)
 
     def restore(self, directory: Path) -> None:
         """Restore optimizer, scheduler, RNG and position from a committed checkpoint's directory
