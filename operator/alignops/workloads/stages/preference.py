@@ -35,6 +35,7 @@ from alignops.algos import (
 from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import to_comparisons, to_pairs, to_unpaired
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.data.held_out import load_held_out_pairs
 from alignops.workloads.data.sft import response_tokens, tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
@@ -190,7 +191,7 @@ class PreferenceStage(Stage):
         with torch.no_grad():
             policy_kl = sequence_logps(model, mismatched, self.pad).logp_sum
         kl_ref = kto_reference_point(policy_kl, cache.score(mismatched).logp_sum.to(policy_kl.device))
-        desirable = torch.tensor([unpaired[i].desirable for i in indices], device=scores.logp_sum.device)
+        desirable = to_device(torch.tensor([unpaired[i].desirable for i in indices]), scores.logp_sum.device)
         out = self.loss_of(KTOInputs(scores.logp_sum, cache.get(indices)[:, 0], desirable, kl_ref), self.options)
         metrics = {**batch_metrics(out), "kl_ref": torch.as_tensor(kl_ref).detach()}
         return MicroBatchLoss(out.losses.mean(), response_tokens(sequences), metrics)

@@ -17,6 +17,7 @@ from alignops.algos import RANKING_LOSSES, UnknownNameError, best_response_index
 from alignops.api.hyperparameters import RankHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.data.comparisons import to_comparisons
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.data.held_out import load_held_out_pairs
 from alignops.workloads.data.sft import response_tokens, tokenize_response
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics
@@ -58,10 +59,10 @@ class RankStage(Stage):
         scores = sequence_logps(model, sequences, self.pad)
         width = max(counts)
         device = scores.logp_sum.device
-        mask = torch.tensor([[k < n for k in range(width)] for n in counts], device=device)
+        mask = to_device(torch.tensor([[k < n for k in range(width)] for n in counts]), device)
         # (B, K) per-token mean log-probs and rewards; padded slots are masked
         p = torch.zeros(mask.shape, dtype=scores.logp_sum.dtype, device=device).masked_scatter(mask, scores.logp_mean)
-        rewards = torch.tensor([self.train[i].rewards() + [0.0] * (width - n) for i, n in zip(indices, counts)], device=device)
+        rewards = to_device(torch.tensor([self.train[i].rewards() + [0.0] * (width - n) for i, n in zip(indices, counts)]), device)
         best = best_response_index(rewards, mask)
         best_nll = -p.gather(1, best.unsqueeze(1)).squeeze(1)
         losses = self.loss_of(p, rewards, mask, best_nll, rank_weight=self.hp.rank_weight)

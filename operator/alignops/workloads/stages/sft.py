@@ -12,7 +12,7 @@ import torch
 
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
-from alignops.workloads.data.batching import sft_batch
+from alignops.workloads.data.batching import sft_batch, to_device
 from alignops.workloads.data.held_out import held_out_source
 from alignops.workloads.data.records import DatasetError, load_records
 from alignops.workloads.data.sft import SftExample, tokenize_sft
@@ -77,7 +77,7 @@ class SftStage(Stage):
         weights = self.hp.condition_weights
         example_weights = None
         if weights:
-            example_weights = torch.tensor([weights.get(e.source or "", 1.0) for e in examples], device=device)
+            example_weights = to_device(torch.tensor([weights.get(e.source or "", 1.0) for e in examples]), device)
         # the fused/chunked loss: no (batch, length, vocabulary) logits; tokens counted on the host
         loss = sft_loss(model, input_ids, attention, labels, example_weights)
         return MicroBatchLoss(loss=loss, tokens=sum(len(e.input_ids) for e in examples))
