@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -46,10 +47,10 @@ class ReferenceLogps:
             members = self.order[c * self.chunk : (c + 1) * self.chunk]
             sequences = [s for i in members for s in self.items[i]]
             scores = sequence_logps_batched(self.model, sequences, self.pad_token_id).logp_sum.float()
-            self.values[torch.as_tensor(members, device=self.values.device)] = scores.view(len(members), -1)
+            self.values[to_device(torch.as_tensor(members), self.values.device)] = scores.view(len(members), -1)
             self.filled.add(c)
             self.computed_sequences += len(sequences)
-        return self.values[torch.as_tensor(items, dtype=torch.long, device=self.values.device)]
+        return self.values[to_device(torch.as_tensor(items, dtype=torch.long), self.values.device)]
 
     def score(self, examples: list[SftExample]) -> SequenceScores:
         """Uncached reference log-probs of arbitrary sequences (KTO's mismatched pairs)."""
