@@ -152,12 +152,13 @@ class TrainLoop:
             record = self.train_step()
             window_tokens += record.pop("tokens")
             if state.step % self.hp.log_every == 0 or state.step == state.total_steps:
+                figures = read_back(record)  # waits for the device first, so the window's time is real
                 elapsed = time.perf_counter() - window_start
-                self.ctx.metrics.log(read_back({
+                self.ctx.metrics.log({
                     "step": state.step, "total_steps": state.total_steps, "round": state.round,
                     "lr": self.engine.learning_rate(), "step_time": time.perf_counter() - started,
-                    "tokens_per_second": window_tokens / elapsed if elapsed > 0 else 0.0, **record,
-                }))
+                    "tokens_per_second": window_tokens / elapsed if elapsed > 0 else 0.0, **figures,
+                })
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
                 self.commit()
