@@ -41,6 +41,7 @@ import gc
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -249,8 +250,10 @@ def plain_row(row: Row, ws: Workspace, args) -> Result:
     seconds = time.perf_counter() - timed
     commit = time.perf_counter()
     model.save_pretrained(str(ws.root / "plain-out"), safe_serialization=True)
+    commit_s = time.perf_counter() - commit
+    shutil.rmtree(ws.root / "plain-out", ignore_errors=True)
     tokens = args.steps * batch * row.length
-    return Result(tokens / seconds, startup_s=startup, commit_s=time.perf_counter() - commit, tokens=tokens,
+    return Result(tokens / seconds, startup_s=startup, commit_s=commit_s, tokens=tokens,
                   extra={"loss": float(loss)})
 
 
@@ -322,8 +325,12 @@ def alignops_row(row: Row, ws: Workspace, args) -> Result:
                      "spec": {"model": {"uri": base_uri}, "stages": [stage]}})
     config = resolve_run(job, initial_status(job), "bench", 1, Defaults(storage_uri=ws.store_uri))
     ctx = make_context(config)
-    with LoopProbe(args.warmup) as probe:
-        importlib.import_module(STAGES[config.type]).STAGE(ctx).run()
+    try:
+        with LoopProbe(args.warmup) as probe:
+            importlib.import_module(STAGES[config.type]).STAGE(ctx).run()
+    finally:  # a 1.5B row commits 18 GB (weights and optimizer state): free the disk for the next row
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+        shutil.rmtree(ws.root / "store" / config.job.namespace / name, ignore_errors=True)
     (t0, n0), (t1, n1) = probe.stamps[args.warmup], probe.stamps[total]
     losses = [r["loss"] for r in ctx.metrics.history if "loss" in r]
     return Result((n1 - n0) / (t1 - t0), startup_s=probe.run_start - started, commit_s=probe.commit_s, tokens=n1 - n0,
@@ -373,6 +380,7 @@ def trl_row(row: Row, ws: Workspace, args) -> Result:
     commit = time.perf_counter()
     trainer.save_model(str(ws.root / "trl-saved"))
     commit_s = time.perf_counter() - commit
+    shutil.rmtree(ws.root / "trl-saved", ignore_errors=True)
     tokens = args.steps * batch * row.length * (2 if dpo else 1)
     return Result(tokens / (stamps[total] - stamps[args.warmup]), startup_s=stamps["first"] - started, commit_s=commit_s,
                   tokens=tokens, extra={"loss": out.training_loss})
