@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 from torch.testing import assert_close
 
 from alignops.algos import entropy_from_logits, lm_loss_from_logprobs, masked_lm_loss, token_logprobs
 from alignops.algos.linear_logprobs import chunk_rows, linear_token_logprobs
+from suite import peak_cpu_bytes
 
 
 def test_hand_computed_logprob_and_entropy():
@@ -91,18 +91,6 @@ def test_bf16_autocast_projects_in_bf16_and_reduces_in_float32():
     assert weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
 
 
-def _peak_bytes(fn) -> int:
-    """Peak of live CPU tensor memory while ``fn`` runs, from the profiler's allocation events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
 def test_peak_memory_is_a_fraction_of_the_plain_path():
     # vocabulary-heavy: 2 x 64 positions x 16,000 tokens = 8 MB of float32 logits per copy
     generator = torch.Generator().manual_seed(0)
@@ -117,7 +105,7 @@ def test_peak_memory_is_a_fraction_of_the_plain_path():
         linear_token_logprobs(hidden.requires_grad_(True), weight, labels, chunk_size=16)[0].sum().backward()
 
     logits_bytes = 2 * 64 * 16_000 * 4
-    plain_peak, chunked_peak = _peak_bytes(plain), _peak_bytes(chunked)
+    plain_peak, chunked_peak = peak_cpu_bytes(plain), peak_cpu_bytes(chunked)
     assert plain_peak > 2 * logits_bytes  # logits, their float32 log-softmax row, and the gradient
     assert chunked_peak < plain_peak / 3
     assert chunked_peak < logits_bytes  # never the whole logits

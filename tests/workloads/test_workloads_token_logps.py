@@ -16,6 +16,7 @@ from alignops.workloads.models import token_logps
 from alignops.workloads.models.checkpointing import enable_gradient_checkpointing
 from alignops.workloads.models.loading import autocast_dtype
 from alignops.workloads.models.token_logps import causal_token_logprobs, sft_loss, split_head
+from suite import peak_cpu_bytes
 
 SIZES = dict(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)
@@ -97,6 +98,24 @@ def test_the_cuda_branch_feeds_liger_what_it_expects(monkeypatch):
     # entropies are the PyTorch path's: the kernel is not asked
     causal_token_logprobs(model, ids, attention, labels, with_entropy=True)
     assert stand_in.calls == ["sum", "none", "none"]
+
+
+def test_a_vocabulary_heavy_model_trains_in_a_fraction_of_the_memory(monkeypatch):
+    # a tiny qwen2 with a 16,000-token vocabulary: 2 x 64 positions make 8 MB of float32 logits
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**{**SIZES, "vocab_size": 16_000}))
+    ids = torch.randint(4, 16_000, (2, 64))
+    attention, labels = torch.ones_like(ids), ids.clone()
+    monkeypatch.setattr(token_logps, "CHUNK_ELEMENTS", 16 * 16_000)  # 16 positions per chunk
+
+    def plain():
+        masked_lm_loss(model(input_ids=ids, attention_mask=attention).logits, labels).backward()
+
+    def chunked():
+        sft_loss(model, ids, attention, labels).backward()
+
+    plain_peak, chunked_peak = peak_cpu_bytes(plain), peak_cpu_bytes(chunked)
+    assert chunked_peak < plain_peak / 2, (chunked_peak, plain_peak)
 
 
 def test_no_fused_kernel_off_cuda():

@@ -19,10 +19,11 @@ import functools
 import torch
 
 from alignops.algos import IGNORE_INDEX, entropy_from_logits, token_logprobs
-from alignops.algos.linear_logprobs import linear_token_logprobs
+from alignops.algos.linear_logprobs import DEFAULT_CHUNK_ELEMENTS, chunk_rows, linear_token_logprobs
 from alignops.algos.sft import lm_loss_from_logprobs
 
 # Causal LMs of transformers whose forward is ``lm_head(model(...).last_hidden_state)``, nothing after.
+CHUNK_ELEMENTS = DEFAULT_CHUNK_ELEMENTS  # logits per chunk of the PyTorch path (C positions x V)
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral", "phi3", "olmo", "olmo2"})
 
 
@@ -77,7 +78,7 @@ def causal_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     kernel = None if with_entropy else fused_kernel(hidden.device)
     if kernel is None:
         return linear_token_logprobs(hidden, head.weight, targets, head.bias, temperature=temperature,
-                                     with_entropy=with_entropy)
+                                     chunk_size=chunk_rows(head.weight.shape[0], CHUNK_ELEMENTS), with_entropy=with_entropy)
     flat = hidden.reshape(-1, hidden.shape[-1])
     if temperature != 1.0:
         flat = flat / temperature  # (h / T) W^T = z / T; a bias would need the same scaling
