@@ -22,8 +22,8 @@ from alignops.algos import IGNORE_INDEX, entropy_from_logits, token_logprobs
 from alignops.algos.linear_logprobs import DEFAULT_CHUNK_ELEMENTS, chunk_rows, linear_token_logprobs
 from alignops.algos.sft import lm_loss_from_logprobs
 
-# Causal LMs of transformers whose forward is ``lm_head(model(...).last_hidden_state)``, nothing after.
 CHUNK_ELEMENTS = DEFAULT_CHUNK_ELEMENTS  # logits per chunk of the PyTorch path (C positions x V)
+# Causal LMs of transformers whose forward is ``lm_head(model(...).last_hidden_state)``, nothing after.
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral", "phi3", "olmo", "olmo2"})
 
 
