@@ -23,6 +23,8 @@ Exit status 0 when every target is met, 1 otherwise.
     .venv/bin/python benchmarks/learning.py zephyr-dpo.yaml instructgpt-rm.yaml
     .venv/bin/python benchmarks/learning.py --types reward preference rank   # recipes with these stages
     .venv/bin/python benchmarks/learning.py --threads 1                      # OMP_NUM_THREADS for the stages
+    .venv/bin/python benchmarks/learning.py quickstart.yaml --precision fp32 bf16 --seeds 0 1 2
+                                              # each recipe per precision and seed; mean and minimum
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from recipe_runs import fmt, print_aligned, run_recipe, seconds_cell, stage_seconds
+from recipe_runs import (add_variant_options, fmt, print_aligned, print_spread, recipe_cell, run_recipe, seconds_cell,
+                         stage_seconds, variant_name, variant_overrides, variants)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 180.0
@@ -119,7 +122,7 @@ def print_table(rows: list[dict], rl) -> None:
     for row in rows:
         change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
         loss = f"{fmt(row['loss_first'])}->{fmt(row['loss'])}" if row["loss"] is not None else "-"
-        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], fmt(row["before"]), fmt(row["after"]),
+        table.append([recipe_cell(row), row["stage"], row["type"], row["algorithm"], fmt(row["before"]), fmt(row["after"]),
                       fmt(change), loss, seconds_cell(row["seconds"]), verdict(row, rl)])
     print_aligned(columns, table)
 
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--types", nargs="*", default=[], help="only recipes with a stage of these types")
     parser.add_argument("--workdir", type=Path, help="where the runs go (default: a temporary directory)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the stage processes (default: as inherited)")
+    add_variant_options(parser)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alignops-learning-"))
     env = dict(os.environ)
@@ -139,16 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     chosen = recipes(args.recipes, args.types)
     slow = []
+    runs = variants(args)
     for recipe in chosen:
-        document, status, wall = run_recipe(recipe, workdir / recipe.stem, env)
-        if wall >= RECIPE_SECONDS:
-            slow.append(recipe.name)
-        print(f"{recipe.name}: {status.get('phase', 'no status')} in {wall:.0f} s"
-              f"{f' (not under {RECIPE_SECONDS:.0f} s)' if wall >= RECIPE_SECONDS else ''}", flush=True)
-        rows += rows_of(recipe, document, status, rl)
+        document = yaml.safe_load(recipe.read_text())
+        for precision, seed in runs:
+            name = variant_name(precision, seed)
+            document, status, wall = run_recipe(recipe, workdir / recipe.stem / name, env,
+                                                variant_overrides(document, precision, seed))
+            if wall >= RECIPE_SECONDS:
+                slow.append(f"{recipe.name} ({name})")
+            print(f"{recipe.name} ({name}): {status.get('phase', 'no status')} in {wall:.0f} s"
+                  f"{f' (not under {RECIPE_SECONDS:.0f} s)' if wall >= RECIPE_SECONDS else ''}", flush=True)
+            rows += [{**row, "precision": precision, "seed": seed} for row in rows_of(recipe, document, status, rl)]
     print(f"\nbefore/after: held-out accuracy (sft, rejection_sampling, online_dpo, spin: greedy answers; reward: pairwise; "
           f"preference, rank: chosen log-prob above rejected); OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs\n")
     print_table(rows, rl)
+    if len(runs) > 1 or runs[0] != (None, None):
+        print("\nover seeds, per precision (met: seeds whose stage met its target)\n")
+        print_spread(rows, lambda row: verdict(row, rl))
     failed = [r for r in rows if verdict(r, rl) != "ok"]
     print(f"\n{len(chosen)} recipes ({len(slow)} not under {RECIPE_SECONDS:.0f} s), {len(rows)} stages, {len(failed)} missing a target "
           f"(every stage < {STAGE_SECONDS:.0f} s; "

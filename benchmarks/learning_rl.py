@@ -14,6 +14,7 @@ Exit status 0 when every target is met, 1 otherwise.
 
     .venv/bin/python benchmarks/learning_rl.py                       # every rl recipe
     .venv/bin/python benchmarks/learning_rl.py quickstart.yaml rloo.yaml
+    .venv/bin/python benchmarks/learning_rl.py quickstart.yaml --precision fp32 bf16 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from recipe_runs import fmt, print_aligned, run_recipe, seconds_cell, stage_seconds
+from recipe_runs import (add_variant_options, fmt, print_aligned, print_spread, recipe_cell, run_recipe, seconds_cell,
+                         stage_seconds, variant_name, variant_overrides, variants)
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SECONDS = 300.0
@@ -80,7 +82,7 @@ def print_table(rows: list[dict]) -> None:
     table = []
     for row in rows:
         change = row["after"] - row["before"] if row["before"] is not None and row["after"] is not None else None
-        table.append([row["recipe"], row["stage"], row["type"], row["algorithm"], row["metric"], fmt(row["before"]),
+        table.append([recipe_cell(row), row["stage"], row["type"], row["algorithm"], row["metric"], fmt(row["before"]),
                       fmt(row["after"]), fmt(change), seconds_cell(row["seconds"]), verdict(row)])
     print_aligned(columns, table)
 
@@ -89,15 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", help="recipe file names under pipelines/ (default: every one with an rl stage)")
     parser.add_argument("--workdir", type=Path, help="where the runs go (default: a temporary directory)")
+    add_variant_options(parser)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="alignops-learning-rl-"))
     rows = []
+    runs = variants(args)
     for recipe in rl_recipes(args.recipes):
-        document, status, wall = run_recipe(recipe, workdir / recipe.stem)
-        print(f"{recipe.name}: {status.get('phase', 'no status')} in {wall:.0f} s", flush=True)
-        rows += rows_of(recipe, document, status)
+        document = yaml.safe_load(recipe.read_text())
+        for precision, seed in runs:
+            name = variant_name(precision, seed)
+            document, status, wall = run_recipe(recipe, workdir / recipe.stem / name,
+                                                overrides=variant_overrides(document, precision, seed))
+            print(f"{recipe.name} ({name}): {status.get('phase', 'no status')} in {wall:.0f} s", flush=True)
+            rows += [{**row, "precision": precision, "seed": seed} for row in rows_of(recipe, document, status)]
     print()
     print_table(rows)
+    if len(runs) > 1 or runs[0] != (None, None):
+        print("\nover seeds, per precision (met: seeds whose stage met its target)\n")
+        print_spread(rows, verdict)
     failed = [r for r in rows if verdict(r) != "ok"]
     print(f"\n{len(rows)} stages, {len(failed)} missing a target (rl targets: accuracy +{ACCURACY_GAIN} for "
           f"{', '.join(ACCURACY_ALGORITHMS)}; reward +{REWARD_GAIN} for {', '.join(REWARD_ALGORITHMS)}; every stage < {STAGE_SECONDS:.0f} s); "

@@ -14,7 +14,7 @@ from alignops.contract import DistributedRun, StageResult
 from alignops.seeds import EPOCH, GENERATE_CALL, MINIBATCH_EPOCH, RECORD_FORMAT, ROUND, derive_seed
 from alignops.workloads.distributed import SINGLE
 from alignops.workloads.training.engine import PlainEngine, Trainable
-from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
+from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop, read_back
 from alignops.workloads.training.order import DataOrder, epoch_permutation
 from alignops.workloads.training.state import TrainState
 
@@ -62,6 +62,37 @@ def test_optimizer_step_is_the_plain_pytorch_step():
     assert (loop.state.step, loop.state.tokens_seen) == (1, 4)
     loop._settle_loss()  # read back at log steps and commits, not every step
     assert loop.state.last_loss == pytest.approx(float(out.loss))
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_an_optimizer_step_never_reads_a_tensor_back(monkeypatch):
+    # on a GPU every float()/item() waits for the queue to drain: the loop sums on the device
+    model = _model()
+    loop = TrainLoop(CONTEXT, model, _hp(gradientAccumulationSteps=2), None, lambda d: None, total_steps=10)
+
+    def loss(rows):
+        value = model(X[rows]).pow(2).mean()
+        return MicroBatchLoss(value, len(rows), {"half": value.detach() / 2})
+
+    # the optimizer itself is exempt: CPU AdamW reads its step counter, a host tensor (fused CUDA
+    # AdamW keeps it on the device)
+    in_optimizer, step = [], loop.engine.optimizer.step
+    monkeypatch.setattr(loop.engine.optimizer, "step", lambda: in_optimizer.append(1) or step() or in_optimizer.pop())
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "__float__", "__bool__", "tolist")}
+
+    def refusing(name):
+        def read(tensor, *args):
+            assert in_optimizer, f"Tensor.{name} read a value back during the step"
+            return originals[name](tensor, *args)
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in originals:
+            patch.setattr(torch.Tensor, name, refusing(name))
+        out = loop.optimizer_step([[0, 1], [2, 3]], loss, lambda rows: 0.5)
+    record = read_back({"loss": out.loss, "grad_norm": out.grad_norms[0], **out.metrics, "step": 1})
+    assert all(type(v) in (float, int) for v in record.values())
+    assert record["half"] == pytest.approx(record["loss"] / 2)
 
 
 def test_each_trained_model_is_clipped_on_its_own():

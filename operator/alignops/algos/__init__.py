@@ -75,8 +75,9 @@ from .ranking_losses import RANKING_LOSSES, best_response_index, rrhf
 from .registry import Registry, UnknownNameError
 from .reward_losses import REWARD_LOSSES, RewardLossTraits, bradley_terry, plackett_luce
 from .rewards import kimi_length_reward
+from .linear_logprobs import linear_token_logprobs
 from .selection import best_worst_pairs, raft_keep, rest_keep
-from .sft import masked_lm_loss
+from .sft import lm_loss_from_logprobs, masked_lm_loss
 
 __all__ = [
     # registries
@@ -102,8 +103,10 @@ __all__ = [
     "entropy_from_logits",
     "last_valid_index",
     "place_on_last_token",
+    "linear_token_logprobs",
     # SFT
     "masked_lm_loss",
+    "lm_loss_from_logprobs",
     # reward models
     "bradley_terry",
     "plackett_luce",

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .logprobs import IGNORE_INDEX, next_token_logprobs
 
-__all__ = ["masked_lm_loss"]
+__all__ = ["masked_lm_loss", "lm_loss_from_logprobs"]
 
 
 def masked_lm_loss(
@@ -46,15 +46,36 @@ def masked_lm_loss(
         Scalar loss (0 when there is no labelled token).
     """
     token_logps, mask = next_token_logprobs(logits, labels, ignore_index)
-    nll = -token_logps  # already 0 where mask is False
+    return lm_loss_from_logprobs(token_logps, mask, weights, num_tokens=num_tokens)
+
+
+def lm_loss_from_logprobs(
+    token_logps: Tensor,
+    mask: Tensor,
+    weights: Optional[Tensor] = None,
+    *,
+    num_tokens: Union[int, float, Tensor, None] = None,
+) -> Tensor:
+    """``masked_lm_loss`` from next-token log-probs already gathered (the fused/chunked path).
+
+    Args:
+        token_logps: (B, T) log-probs of each labelled next token, 0 where ``mask`` is False.
+        mask: (B, T) labelled positions.
+        weights, num_tokens: as in ``masked_lm_loss``.
+
+    Returns:
+        Scalar ``-sum_{b,t} w_b * logp_{b,t} / num_tokens`` (0 when there is no labelled token).
+    """
+    nll = -token_logps
     if weights is not None:
-        if weights.shape == labels.shape:  # per token (packed rows hold several examples)
-            nll = nll * weights[:, 1:].to(nll.dtype)
-        elif weights.shape == (labels.shape[0],):
+        if weights.dim() == 2 and weights.shape[0] == token_logps.shape[0] and weights.shape[1] == token_logps.shape[1] + 1:
+            nll = nll * weights[:, 1:].to(nll.dtype)  # per token, aligned with the labels (packed rows)
+        elif weights.shape == (token_logps.shape[0],):
             nll = nll * weights.to(nll.dtype).unsqueeze(-1)
         else:
-            raise ValueError(f"weights must have shape ({labels.shape[0]},) or {tuple(labels.shape)}, got {tuple(weights.shape)}")
+            raise ValueError(f"weights must have shape ({token_logps.shape[0]},) or ({token_logps.shape[0]}, "
+                             f"{token_logps.shape[1] + 1}) (aligned with the labels), got {tuple(weights.shape)}")
     if num_tokens is None:
         num_tokens = mask.sum()
     denom = torch.as_tensor(num_tokens, dtype=nll.dtype, device=nll.device).clamp(min=1)
-    return nll.sum() / denom
+    return torch.where(mask.bool(), nll, torch.zeros_like(nll)).sum() / denom

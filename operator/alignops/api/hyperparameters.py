@@ -24,7 +24,13 @@ class OptimizerCore(ApiModel):
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per micro-batch.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of data order, dropout and sampling.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast on GPUs that support it when auto; fp32 on the CPU."
+        "auto", description="Autocast dtype of the forward passes: bf16 (on every device, the CPU included), "
+                            "fp32, or auto (bf16 on a GPU that supports it, fp32 on the CPU). Weights and "
+                            "optimizer state stay fp32; log-probs, losses and rewards are computed in fp32."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each transformer layer's activations in the backward pass instead of "
+                           "keeping them: less memory for about a third more compute."
     )
 
 

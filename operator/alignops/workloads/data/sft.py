@@ -46,6 +46,12 @@ class SftText:
     source: str | None = None
 
 
+def response_tokens(examples: list[SftExample]) -> int:
+    """Labelled (response) tokens of the examples, counted on the host: what a scored batch's
+    ``lengths`` sum to, without reading a device tensor back."""
+    return sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples)
+
+
 def text_field(record: dict, name: str, label: str | None = None) -> str:
     """``record[name]``, which must be a string (a number or a list is a data error, not a crash)."""
     value = record[name]

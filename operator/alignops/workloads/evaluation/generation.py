@@ -8,11 +8,11 @@ from typing import Callable
 import torch
 
 from alignops.algos import IGNORE_INDEX
-from alignops.algos.sft import masked_lm_loss
 from alignops.demo.arithmetic import is_correct
 from alignops.workloads.data.batching import encode_prompt, sft_batch
 from alignops.workloads.data.sft import SftExample
 from alignops.workloads.models.loading import stop_token_ids
+from alignops.workloads.models.token_logps import sft_loss
 
 
 @torch.no_grad()
@@ -51,7 +51,6 @@ def sft_eval_loss(model, examples: list[SftExample], pad_token_id: int, batch_si
     for start in range(0, len(examples), batch_size):
         input_ids, labels, attention = sft_batch(examples[start : start + batch_size], pad_token_id, device)
         count = int((labels[:, 1:] != IGNORE_INDEX).sum())
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        total += float(masked_lm_loss(logits.float(), labels)) * count
+        total += float(sft_loss(model, input_ids, attention, labels)) * count
         tokens += count
     return total / max(1, tokens)

@@ -19,6 +19,7 @@ from alignops.workloads.context import RunContext
 from alignops.workloads.distributed import SINGLE, World
 from alignops.workloads.models.adapter import adapter_reference
 from alignops.workloads.models.policy import Starting, initial_model
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.models.scoring import SequenceScores, sequence_logps_batched
 from alignops.workloads.data.sft import SftExample
 
@@ -67,10 +68,10 @@ class ReferenceLogps:
     def get(self, items: list[int]) -> torch.Tensor:
         for c in sorted({self.position[i] // self.chunk for i in items} - self.filled):
             members = self.order[c * self.chunk : (c + 1) * self.chunk]
-            self.values[torch.as_tensor(members, device=self.values.device)] = self._score_members(members)
+            self.values[to_device(torch.as_tensor(members), self.values.device)] = self._score_members(members)
             self.filled.add(c)
             self.computed_sequences += sum(len(self.items[i]) for i in members)
-        return self.values[torch.as_tensor(items, dtype=torch.long, device=self.values.device)]
+        return self.values[to_device(torch.as_tensor(items, dtype=torch.long), self.values.device)]
 
     def _score_members(self, members: list[int]) -> torch.Tensor:
         """(len(members), width) reference log-probs, each member scored by one process."""

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from alignops.algos import next_token_logprobs, sequence_logprob
+from alignops.algos import IGNORE_INDEX, sequence_logprob
 from alignops.workloads.data.batching import sft_batch
 from alignops.workloads.data.sft import SftExample
+from alignops.workloads.models.token_logps import causal_token_logprobs
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,12 @@ def sequence_logps(model, examples: list[SftExample], pad_token_id: int) -> Sequ
     """Summed response log-probabilities of N sequences in one forward pass (right padding).
 
     A preference batch passes chosen and rejected together (TRL's concatenated forward): one call
-    instead of two, and the same padding width for both."""
+    instead of two, and the same padding width for both. The (N, L, V) logits are never formed whole
+    (``causal_token_logprobs``)."""
     device = next(model.parameters()).device
     input_ids, labels, attention = sft_batch(examples, pad_token_id, device)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
-    token_logps, mask = next_token_logprobs(logits, labels)
+    token_logps, _ = causal_token_logprobs(model, input_ids, attention, labels)
+    mask = labels[:, 1:] != IGNORE_INDEX
     return SequenceScores(sequence_logprob(token_logps, mask, "sum"), mask.sum(-1))
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from alignops.algos import IGNORE_INDEX, entropy_from_logits, next_token_logprobs
+from alignops.algos import IGNORE_INDEX
 from alignops.workloads.models.scoring import token_values
+from alignops.workloads.models.token_logps import causal_token_logprobs
 
 
 @dataclass
@@ -52,16 +53,9 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_token_id: int
 
 def response_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
     """(logp (B, L-1) float32, entropy (B, L-1) or None) of the response tokens under ``model``'s
-    sampling distribution ``softmax(z / T)``; 0 outside the response. Differentiable."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    if temperature != 1.0:
-        logits = logits / temperature
-    logps, _ = next_token_logprobs(logits, batch.labels)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits[:, :-1].detach())
-    return logps, entropy
+    sampling distribution ``softmax(z / T)``; 0 outside the response (the entropy too). Differentiable
+    (the entropy is not); the (B, L, V) logits are never formed whole (``causal_token_logprobs``)."""
+    return causal_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels, temperature, with_entropy)
 
 
 @torch.no_grad()

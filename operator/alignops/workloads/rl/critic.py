@@ -16,6 +16,7 @@ from transformers import AutoModelForTokenClassification, LlamaForTokenClassific
 
 from alignops.api.common import Architecture
 from alignops.workloads.models.build import build_scalar_head_model
+from alignops.workloads.models.loading import float32_head
 
 CRITIC_DIR = "critic"
 CRITIC_PREFIX = "critic"  # its parameters' names in the optimizer state
@@ -32,9 +33,9 @@ def load_critic(path: Path, trust_remote_code: bool = False):
     """A value model from any checkpoint with a matching transformer (critic, reward model or policy)."""
     model = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32,
                                                             trust_remote_code=trust_remote_code)
-    return _no_dropout(model)
+    return float32_head(_no_dropout(model))
 
 
 def build_critic(arch: Architecture, tokenizer) -> LlamaForTokenClassification:
     """The base architecture's transformer (the weights ``build_model`` gives the policy) under a new head."""
-    return _no_dropout(build_scalar_head_model(arch, tokenizer, LlamaForTokenClassification, classifier_dropout=0.0))
+    return float32_head(_no_dropout(build_scalar_head_model(arch, tokenizer, LlamaForTokenClassification, classifier_dropout=0.0)))

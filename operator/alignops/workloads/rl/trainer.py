@@ -12,6 +12,7 @@ import torch
 from alignops.api.rl import RlHyperparameters
 from alignops.workloads.context import RunContext
 from alignops.workloads.rl.critic import CRITIC_DIR, CRITIC_PREFIX, build_critic, load_critic
+from alignops.workloads.models.checkpointing import enable_gradient_checkpointing
 from alignops.workloads.models.loading import pick_device
 from alignops.workloads.models.reference import frozen_reference
 from alignops.workloads.models.policy import load_model
@@ -33,6 +34,8 @@ class Trainer(RoundTrainer):
         self.plan = plan
         inputs = ctx.config.inputs
         critic = self._critic() if plan.use_critic else None
+        if hp.gradient_checkpointing:
+            enable_gradient_checkpointing(*[m for m in (self.model, critic) if m is not None])
         extra = [Trainable(critic, CRITIC_PREFIX, hp.critic.learning_rate)] if critic is not None else []
         steps_per_round = hp.ppo_epochs * min(hp.mini_batches, hp.prompts_per_round * hp.samples_per_prompt)
         engine = self.make_loop(hp.rounds * steps_per_round, extra).engine
@@ -73,7 +76,7 @@ class Trainer(RoundTrainer):
         baseline = torch.tensor([r.baseline_score for r in rollouts]) if self.plan.greedy_baseline else None
         kl_coef = self.kl.value
         tensors, prep = prepare_round(self.plan, hp, self.model, self.reference, self.critic, tokens, scores, group_ids,
-                                      baseline, kl_coef, self.world)
+                                      baseline, kl_coef, self.world, self.loop.engine.autocast)
         metrics = self.update.run(tensors, round_, kl_coef, lambda: self.check_stop(round_))
         time_train = time.perf_counter() - started
         prep.update({k: metrics.pop(k) for k in ("entropy", "kl") if k in metrics})

@@ -14,8 +14,9 @@ Tensor shapes: B rollouts of the round, T = L-1 next-token columns (``alignops.w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -36,7 +37,7 @@ from alignops.api.rl import ADVANTAGE_ESTIMATOR_OF, KL_IN_LOSS_BY_DEFAULT, POLIC
 from alignops.workloads.distributed import SINGLE
 from alignops.workloads.rl.batch import TokenBatch, response_logprobs, sharded, values_of
 from alignops.seeds import MINIBATCH_EPOCH, ROUND, derive_seed
-from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
+from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop, read_back
 
 
 @dataclass(frozen=True)
@@ -112,24 +113,30 @@ def policy_figures(plan: RlPlan, t: RoundTensors) -> dict[str, float]:
 @torch.no_grad()
 def prepare_round(plan: RlPlan, hp: RlHyperparameters, policy, reference, critic, batch: TokenBatch,
                   scores: torch.Tensor, group_ids: torch.Tensor, baseline_scores: torch.Tensor | None,
-                  kl_coef: float, world=SINGLE) -> tuple[RoundTensors, dict[str, float]]:
+                  kl_coef: float, world=SINGLE,
+                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  ) -> tuple[RoundTensors, dict[str, float]]:
     """Old/reference log-probs and values (no grad; the rows shared out over the run's processes
     and gathered back), the KL term, advantages and returns.
 
     Args:
         scores: (B,) R(x, y) of each rollout; group_ids: (B,) its prompt; baseline_scores: (B,)
             the greedy response's R (remax) or None; kl_coef: the current beta.
+        autocast: the update's autocast (``engine.autocast``): the old and reference log-probs must
+            be computed with the numerics of the update's forward, or under bf16 the importance
+            ratio starts away from 1 (and clips) on a policy that has not moved.
     """
     mask = batch.response_mask
     chunk = hp.batch_size
     old_logp = entropy = None
-    if not plan.old_from_update:
-        was = policy.training
-        policy.eval()
-        old_logp, entropy = sharded(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk, world)
-        policy.train(was)
-    ref_logp = sharded(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk, world)[0] if reference is not None else None
-    old_values = sharded(lambda b: values_of(critic, b), batch, chunk, world)[0] if critic is not None else None
+    with autocast():
+        if not plan.old_from_update:
+            was = policy.training
+            policy.eval()
+            old_logp, entropy = sharded(lambda b: response_logprobs(policy, b, hp.temperature, with_entropy=True), batch, chunk, world)
+            policy.train(was)
+        ref_logp = sharded(lambda b: response_logprobs(reference, b, hp.temperature)[0], batch, chunk, world)[0] if reference is not None else None
+        old_values = sharded(lambda b: values_of(critic, b), batch, chunk, world)[0] if critic is not None else None
     scores = scores.to(mask.device, torch.float32)
     metrics: dict[str, float] = {}
     kl = None
@@ -238,7 +245,7 @@ class PolicyUpdate:
                 kl = masked_kl(plan.kl_estimator, logp, ref_logp, mask)
                 kl_loss = aggregate_loss(kl, mask, hp.loss_aggregation, **norm)
                 loss = loss + kl_coef * kl_loss
-                figures["kl_loss"] = float(kl_loss.detach())
+                figures["kl_loss"] = kl_loss.detach()
             losses = [loss]
             if self.critic is not None:
                 with autocast():
@@ -247,17 +254,18 @@ class PolicyUpdate:
                     clipped_value_loss(values, t.old_values[micro, :width], t.returns[micro, :width], hp.critic.value_clip, mask),
                     mask, "token_mean", num_global_tokens=n_tokens)
                 losses.append(value_loss)
-                figures["value_loss"] = float(value_loss.detach())
-            tokens = float(mask.sum())
-            figures.update(policy_loss=float(policy_loss.detach()), clipped_tokens=float(pg.clip_fraction) * tokens,
+                figures["value_loss"] = value_loss.detach()
+            # figures stay 0-dim device tensors; the round reads them back once (PolicyUpdate.run)
+            tokens = mask.sum()
+            figures.update(policy_loss=policy_loss.detach(), clipped_tokens=pg.clip_fraction * tokens,
                            tokens=tokens)
             return MicroBatchLoss(losses, int(sub.attention_mask.sum()) if weight else 0, figures)
 
         # every loss is normalised by the whole mini-batch's counts already; the weight is the
         # process count (the engines average gradients over processes), 0 for a padding repeat
         out = self.loop.optimizer_step(self.micro_batches(rows), micro_loss, lambda item: item[1])
-        size = self.world.size
-        figures = {**{k: float(v) / size for k, v in out.metrics.items()}, "loss": float(out.loss) / size,
+        size = self.world.size  # figures stay on the device until the round's end (no host sync per step)
+        figures = {**{k: v / size for k, v in out.metrics.items()}, "loss": out.loss / size,
                    "train_tokens": float(out.tokens)}
         figures["grad_norm"] = out.grad_norms[0]  # already global: not a share
         if len(out.grad_norms) > 1:
@@ -266,8 +274,8 @@ class PolicyUpdate:
 
     def run(self, t: RoundTensors, round_: int, kl_coef: float, should_stop: Callable[[], None]) -> dict[str, float]:
         """Every step of the round; ``should_stop()`` is called before each (it raises to stop)."""
-        totals: dict[str, float] = {}
-        norms: dict[str, float] = {}
+        totals: dict[str, Any] = {}
+        norms: dict[str, Any] = {}
         steps = minibatch_order(self.hp, round_, len(t.batch), 2 if self.plan.pairwise else 1)
         fill = t.old_logp is None
         for rows in steps:
@@ -275,7 +283,8 @@ class PolicyUpdate:
             for key, value in self.step(t, rows.to(t.advantages.device), kl_coef).items():
                 into = norms if key in GLOBAL_FIGURES else totals
                 into[key] = into.get(key, 0.0) + value
-        totals = self.world.sum_floats(totals)  # each process held its share of every figure
+        totals = self.world.sum_floats(read_back(totals))  # each process held its share of every figure
+        norms = read_back(norms)
         if fill and self.world.distributed:  # each row's old log-probs were filled by one process
             self.world.sum(t.old_logp)
             self.world.sum(t.entropy)
@@ -294,4 +303,4 @@ class PolicyUpdate:
             metrics["critic_grad_norm"] = norms["critic_grad_norm"] / n
         if self.plan.old_from_update:
             metrics.update(policy_figures(self.plan, t))
-        return metrics
+        return read_back(metrics)

@@ -20,6 +20,7 @@ from alignops.contract import StageResult
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.data.tokenized import TrainingData
 from alignops.workloads.data.training import training_data
+from alignops.workloads.models.checkpointing import enable_gradient_checkpointing
 from alignops.workloads.models.policy import Starting, starting_policy
 from alignops.workloads.stages.record import StageRecord
 from alignops.workloads.training.loop import MicroBatchLoss, TrainLoop
@@ -113,6 +114,8 @@ class Stage:
         torch.manual_seed(self.hp.seed)  # before loading: a new head's initialisation draws from it
         self.start = self.load_inputs()
         self.model, self.tokenizer = self.start.model, self.start.tokenizer
+        if self.hp.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.pad = self.tokenizer.pad_token_id
         try:
             size = self.build_dataset()

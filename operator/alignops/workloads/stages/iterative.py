@@ -35,7 +35,7 @@ from alignops.workloads.rl.rounds import RoundTrainer
 from alignops.workloads.rl.sampling import RoundSampler, engine_for, reward_mix
 from alignops.workloads.rl.store import Rollout, RoundRollouts, load_rollouts
 from alignops.workloads.stages.base import parse_hyperparameters
-from alignops.workloads.training.loop import MicroBatchLoss
+from alignops.workloads.training.loop import MicroBatchLoss, read_back
 from alignops.workloads.training.order import DataOrder
 
 LossFn = Callable[[torch.nn.Module, list[int]], MicroBatchLoss]
@@ -158,10 +158,11 @@ class IterativeStage:
                 with loop.engine.autocast():
                     return loss_fn(self.model, order.micro_batch(step, micro))
 
-            out = loop.optimizer_step(range(accumulation), loss_of, accumulation)
+            # each micro-batch's loss is its mean: the step's is their mean
+            out = loop.optimizer_step(range(accumulation), loss_of, lambda _: 1.0 / accumulation)
             for name, value in {"loss": out.loss, "grad_norm": out.grad_norms[0], **out.metrics}.items():
                 totals[name] = totals.get(name, 0.0) + value / hp.steps_per_round
-        return totals
+        return read_back(totals)  # once per round: the steps never wait for the device
 
     def history_sum(self, key: str) -> float:
         return float(sum(h.get(key, 0) for h in self.trainer.state.history))

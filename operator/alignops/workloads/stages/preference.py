@@ -32,8 +32,9 @@ from alignops.algos import (
 )
 from alignops.api.hyperparameters import PreferenceHyperparameters
 from alignops.workloads.context import ConfigError
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.data.held_out import load_held_out_pairs
-from alignops.workloads.data.sft import SftExample
+from alignops.workloads.data.sft import SftExample, response_tokens
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics, token_kl
 from alignops.workloads.models.policy import Starting, starting_policy
 from alignops.workloads.models.reference import ReferenceLogps, frozen_reference
@@ -67,16 +68,17 @@ def resolve_loss(algorithm: str, options: PreferenceOptions):
     return loss, traits
 
 
-def batch_metrics(out) -> dict[str, float]:
-    chosen, rejected = out.chosen_rewards, out.rejected_rewards
+def batch_metrics(out) -> dict[str, torch.Tensor]:
+    """The implicit rewards' figures as 0-dim device tensors (read back only at log steps)."""
+    chosen, rejected = out.chosen_rewards.detach(), out.rejected_rewards.detach()
     metrics = {}
     if len(chosen) and len(chosen) == len(rejected):
-        metrics["reward_accuracy"] = float((chosen > rejected).float().mean())
-        metrics["reward_margin"] = float((chosen - rejected).mean())
+        metrics["reward_accuracy"] = (chosen > rejected).float().mean()
+        metrics["reward_margin"] = (chosen - rejected).mean()
     if len(chosen):
-        metrics["reward_chosen"] = float(chosen.mean())
+        metrics["reward_chosen"] = chosen.mean()
     if len(rejected):
-        metrics["reward_rejected"] = float(rejected.mean())
+        metrics["reward_rejected"] = rejected.mean()
     return metrics
 
 
@@ -85,7 +87,8 @@ def pair_loss(model, pairs: list[list[SftExample]], ref: torch.Tensor | None, lo
     """A paired preference loss on one micro-batch of ``[chosen, rejected]`` examples, with the
     reference's summed log-probs ``ref`` (b, 2) (None for reference-free losses). Chosen and
     rejected go through the policy in one forward pass (TRL's concatenated forward)."""
-    scores = sequence_logps(model, [p[0] for p in pairs] + [p[1] for p in pairs], pad_token_id)
+    sequences = [p[0] for p in pairs] + [p[1] for p in pairs]
+    scores = sequence_logps(model, sequences, pad_token_id)
     b = len(pairs)
     inputs = PreferenceInputs(
         policy_chosen_logps=scores.logp_sum[:b], policy_rejected_logps=scores.logp_sum[b:],
@@ -94,8 +97,9 @@ def pair_loss(model, pairs: list[list[SftExample]], ref: torch.Tensor | None, lo
     )
     out = loss_of(inputs, options)
     logps = scores.logp_sum.detach()
-    metrics = {**batch_metrics(out), "logp_chosen": float(logps[:b].mean()), "logp_rejected": float(logps[b:].mean())}
-    return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
+    # figures stay on the device and tokens are counted on the host: no host sync per micro-batch
+    metrics = {**batch_metrics(out), "logp_chosen": logps[:b].mean(), "logp_rejected": logps[b:].mean()}
+    return MicroBatchLoss(out.losses.mean(), response_tokens(sequences), metrics)
 
 
 class PreferenceStage(Stage):
@@ -191,10 +195,10 @@ class PreferenceStage(Stage):
             kl_ref = (total[0] / total[1]).clamp(min=0).float().detach()
         else:
             kl_ref = kto_reference_point(policy_kl, ref_kl)
-        desirable = torch.tensor([items.row(i)["label"] for i in indices], device=scores.logp_sum.device)
+        desirable = to_device(torch.tensor([items.row(i)["label"] for i in indices]), scores.logp_sum.device)
         out = self.loss_of(KTOInputs(scores.logp_sum, cache.get(indices)[:, 0], desirable, kl_ref), self.options)
-        metrics = {**batch_metrics(out), "kl_ref": float(kl_ref)}
-        return MicroBatchLoss(out.losses.mean(), int(scores.lengths.sum()), metrics)
+        metrics = {**batch_metrics(out), "kl_ref": torch.as_tensor(kl_ref).detach()}
+        return MicroBatchLoss(out.losses.mean(), response_tokens(sequences), metrics)
 
     def before_training(self, loop: TrainLoop) -> None:
         self.loop = loop

@@ -16,7 +16,9 @@ import torch
 from alignops.algos import RANKING_LOSSES, UnknownNameError, best_response_index
 from alignops.api.hyperparameters import RankHyperparameters
 from alignops.workloads.context import ConfigError
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.data.held_out import load_held_out_pairs
+from alignops.workloads.data.sft import response_tokens
 from alignops.workloads.evaluation.pairs import answer_accuracy, pair_logps, preference_metrics
 from alignops.workloads.models.scoring import sequence_logps
 from alignops.workloads.stages.base import Stage
@@ -50,20 +52,20 @@ class RankStage(Stage):
         return metrics
 
     def loss(self, model, indices: list[int]) -> MicroBatchLoss:
-        items = [self.sequences[i] for i in indices]
-        counts = [len(item) for item in items]
-        scores = sequence_logps(model, [e for item in items for e in item], self.pad)
+        counts = [len(self.sequences[i]) for i in indices]
+        sequences = [e for i in indices for e in self.sequences[i]]
+        scores = sequence_logps(model, sequences, self.pad)
         width = max(counts)
         device = scores.logp_sum.device
-        mask = torch.tensor([[k < n for k in range(width)] for n in counts], device=device)
+        mask = to_device(torch.tensor([[k < n for k in range(width)] for n in counts]), device)
         # (B, K) per-token mean log-probs and rewards; padded slots are masked
         p = torch.zeros(mask.shape, dtype=scores.logp_sum.dtype, device=device).masked_scatter(mask, scores.logp_mean)
-        rewards = torch.tensor([self.sequences.rewards(i) + [0.0] * (width - n) for i, n in zip(indices, counts)], device=device)
+        rewards = to_device(torch.tensor([self.sequences.rewards(i) + [0.0] * (width - n) for i, n in zip(indices, counts)]), device)
         best = best_response_index(rewards, mask)
         best_nll = -p.gather(1, best.unsqueeze(1)).squeeze(1)
         losses = self.loss_of(p, rewards, mask, best_nll, rank_weight=self.hp.rank_weight)
-        metrics = {"best_nll": float(best_nll.detach().mean()), "rank_loss": float((losses - best_nll).detach().mean())}
-        return MicroBatchLoss(losses.mean(), int(scores.lengths.sum()), metrics)
+        metrics = {"best_nll": best_nll.detach().mean(), "rank_loss": (losses - best_nll).detach().mean()}
+        return MicroBatchLoss(losses.mean(), response_tokens(sequences), metrics)
 
 
 STAGE = RankStage

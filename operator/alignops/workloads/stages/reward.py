@@ -22,10 +22,11 @@ from alignops.algos import REWARD_LOSSES, UnknownNameError
 from alignops.api.common import Architecture
 from alignops.api.hyperparameters import RewardHyperparameters
 from alignops.workloads.context import ConfigError
+from alignops.workloads.data.batching import to_device
 from alignops.workloads.data.held_out import load_held_out_pairs
 from alignops.workloads.evaluation.pairs import reward_pair_metrics
 from alignops.workloads.models.build import build_scalar_head_model
-from alignops.workloads.models.loading import load_reward_model
+from alignops.workloads.models.loading import float32_head, load_reward_model
 from alignops.workloads.models.policy import Starting, starting_policy
 from alignops.workloads.models.scoring import reward_scores
 from alignops.workloads.stages.base import Stage
@@ -33,8 +34,8 @@ from alignops.workloads.training.loop import MicroBatchLoss
 
 
 def build_reward_model(arch: Architecture, tokenizer) -> LlamaForSequenceClassification:
-    """The base architecture's transformer under a freshly initialised scalar head."""
-    return build_scalar_head_model(arch, tokenizer, LlamaForSequenceClassification)
+    """The base architecture's transformer under a freshly initialised scalar head (float32)."""
+    return float32_head(build_scalar_head_model(arch, tokenizer, LlamaForSequenceClassification))
 
 
 def choose_algorithm(requested: str | None, most_responses: int) -> str:
@@ -79,22 +80,24 @@ class RewardStage(Stage):
         flat = [example for item in items for example in item]
         scores = reward_scores(model, flat, self.pad)
         width = max(counts)
-        # (B, K) scores best first; rows with fewer responses are masked
-        mask = torch.tensor([[k < n for k in range(width)] for n in counts], device=scores.device)
+        # (B, K) scores best first; rows with fewer responses are masked. The pairs (row, above,
+        # below) are a function of the counts alone: found on the host, never by a
+        # boolean index of a device tensor (a host sync)
+        host_mask = torch.tensor([[k < n for k in range(width)] for n in counts])
+        upper = torch.triu(torch.ones(width, width, dtype=torch.bool), diagonal=1)
+        row, above, below = to_device((upper & host_mask.unsqueeze(-1) & host_mask.unsqueeze(-2)).nonzero().t(), scores.device)
+        mask = to_device(host_mask, scores.device)
         table = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_scatter(mask, scores)
-        upper = torch.triu(torch.ones(width, width, dtype=torch.bool, device=scores.device), diagonal=1)
-        pair_mask = upper & mask.unsqueeze(-1) & mask.unsqueeze(-2)  # [b, i, j]: i ranked above j
-        better = table.unsqueeze(-1).expand(-1, -1, width)[pair_mask]
-        worse = table.unsqueeze(-2).expand(-1, width, -1)[pair_mask]
+        better, worse = table[row, above], table[row, below]
         if REWARD_LOSSES.traits(self.algorithm).whole_rankings:
             loss = self.loss_of(table, mask).mean()
         else:
             given = [self.sequences.row(i)["margin"] for i in indices]
-            margins = torch.tensor([m if m is not None else hp.reward_margin for m in given], dtype=scores.dtype, device=scores.device)
-            margin = margins.view(-1, 1, 1).expand(-1, width, width)[pair_mask]
+            margins = to_device(torch.tensor([m if m is not None else hp.reward_margin for m in given], dtype=scores.dtype), scores.device)
+            margin = margins[row]
             loss = self.loss_of(better, worse, margin).mean()
         gap = (better - worse).detach()
-        metrics = {"reward_accuracy": float((gap > 0).float().mean()), "reward_margin": float(gap.mean())}
+        metrics = {"reward_accuracy": (gap > 0).float().mean(), "reward_margin": gap.mean()}  # read back at log steps
         return MicroBatchLoss(loss=loss, tokens=sum(len(e.input_ids) for e in flat), metrics=metrics)
 
 

@@ -17,25 +17,28 @@ from alignops.algos.sft import masked_lm_loss
 from alignops.demo import task_of
 from alignops.api.hyperparameters import SftHyperparameters
 from alignops.workloads.context import ConfigError
-from alignops.workloads.data.batching import sft_batch
+from alignops.workloads.data.batching import sft_batch, to_device
 from alignops.workloads.data.held_out import held_out_records
 from alignops.workloads.data.packing import pack_bfd, packed_batch, packed_logits
 from alignops.workloads.data.sft import SftExample, tokenize_sft
 from alignops.workloads.evaluation.generation import greedy_accuracy, sft_eval_loss
+from alignops.workloads.models import token_logps
 from alignops.workloads.stages.base import Stage
 from alignops.workloads.training.loop import MicroBatchLoss
 
 
 def sft_loss(model, examples: list[SftExample], pad_token_id: int, condition_weights: dict[str, float] | None = None) -> MicroBatchLoss:
     """The SFT loss of one micro-batch of unpacked examples: the token mean of the response-token
-    cross-entropy (``masked_lm_loss``), each example weighted by its source's C-RLFT weight when
-    ``condition_weights`` is given."""
-    input_ids, labels, attention = sft_batch(examples, pad_token_id, next(model.parameters()).device)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    cross-entropy, each example weighted by its source's C-RLFT weight when ``condition_weights``
+    is given. Fused or chunked (``token_logps.sft_loss``): no (batch, length, vocabulary) logits;
+    tokens counted on the host."""
+    device = next(model.parameters()).device
+    input_ids, labels, attention = sft_batch(examples, pad_token_id, device)
     example_weights = None
     if condition_weights:
-        example_weights = torch.tensor([condition_weights.get(e.source or "", 1.0) for e in examples], device=logits.device)
-    return MicroBatchLoss(loss=masked_lm_loss(logits.float(), labels, example_weights), tokens=int(attention.sum()))
+        example_weights = to_device(torch.tensor([condition_weights.get(e.source or "", 1.0) for e in examples]), device)
+    loss = token_logps.sft_loss(model, input_ids, attention, labels, example_weights)
+    return MicroBatchLoss(loss=loss, tokens=sum(len(e.input_ids) for e in examples))
 
 
 class SftStage(Stage):
@@ -91,9 +94,9 @@ class SftStage(Stage):
         tokens = sum(len(e.input_ids) for row in rows for e in row)
         example_weights = None
         if weights:  # per token: each example's weight over its span of the row
-            example_weights = torch.tensor([[weights.get(e.source or "", 1.0) for e in row for _ in e.input_ids]
-                                            + [1.0] * (input_ids.shape[1] - sum(len(e.input_ids) for e in row))
-                                            for row in rows], device=device)
+            example_weights = to_device(torch.tensor([[weights.get(e.source or "", 1.0) for e in row for _ in e.input_ids]
+                                                      + [1.0] * (input_ids.shape[1] - sum(len(e.input_ids) for e in row))
+                                                      for row in rows]), device)
         # the token mean of these items; the loop weights it by their share of the step's tokens
         loss = masked_lm_loss(logits.float(), labels, example_weights)
         return MicroBatchLoss(loss=loss, tokens=tokens)

@@ -52,9 +52,10 @@ class Engine(Protocol):
     def backward(self, losses: Sequence[torch.Tensor]) -> None:
         """Back-propagate one micro-batch: one loss per trainable, in order."""
 
-    def step(self, max_grad_norm: float) -> list[float]:
+    def step(self, max_grad_norm: float) -> list[torch.Tensor | float]:
         """Clip each trainable's gradients, update, advance the schedule; returns each trainable's
-        gradient norm before clipping."""
+        gradient norm before clipping (a 0-dim tensor where the engine has one: not read back, so
+        no host sync per step)."""
 
     def learning_rate(self) -> float: ...
 
@@ -111,11 +112,11 @@ class PlainEngine:
     def backward(self, losses: Sequence[torch.Tensor]) -> None:
         sum(losses).backward()
 
-    def step(self, max_grad_norm: float) -> list[float]:
+    def step(self, max_grad_norm: float) -> list[torch.Tensor | float]:
         norms = [torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm) for group in self.optimizer.param_groups]
         self.optimizer.step()
         self.scheduler.step()
-        return [float(n) for n in norms]
+        return norms
 
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]

@@ -42,6 +42,9 @@ from alignops.workloads.training.state import TrainState
 Micro = TypeVar("Micro")
 
 
+Figure = float | torch.Tensor  # a 0-dim tensor stays on the device until a log step reads it
+
+
 @dataclass
 class MicroBatchLoss:
     """One micro-batch's loss (what is back-propagated; one per trained model when a stage trains
@@ -87,6 +90,11 @@ def resident_set_bytes() -> float:
             return float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def read_back(record: dict) -> dict:
+    """The record with every tensor read back to a Python float (one host sync per log step)."""
+    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 def to_floats(values: dict[str, Any]) -> dict[str, float]:
@@ -162,17 +170,18 @@ class TrainLoop:
         reading the clock, so ``work_seconds`` is the work's and not its launch's."""
         started = time.perf_counter()
         self.engine.zero_grad()
-        loss_total = torch.zeros(())
+        loss_total = torch.zeros(())  # a CPU scalar: adding a device tensor puts the sum there
         tokens, metrics = 0, {}
         for micro in micro_batches:
             out = loss_of(micro)
             weight = weight_of(micro) if weight_of is not None else 1.0
             losses = out.losses
             self.engine.backward([loss * weight for loss in losses])
-            loss_total = loss_total + sum(loss.detach().float().cpu() for loss in losses) * weight
+            # summed on the device: reading a loss back each micro-batch would stall the GPU queue
+            loss_total = loss_total + sum(loss.detach().float() for loss in losses) * weight
             tokens += out.tokens
             for name, value in out.metrics.items():
-                metrics[name] = metrics.get(name, 0.0) + (value.detach().cpu() if isinstance(value, torch.Tensor) else value) * weight
+                metrics[name] = metrics.get(name, 0.0) + (value.detach() if isinstance(value, torch.Tensor) else value) * weight
         if timed and torch.cuda.is_available():
             torch.cuda.synchronize()
         work_seconds = time.perf_counter() - started

@@ -48,7 +48,7 @@ class TrainState:
     seed: int = 0
     step: int = 0
     tokens_seen: int = 0
-    last_loss: float | None = None
+    last_loss: float | torch.Tensor | None = None  # a 0-dim tensor until read back (at save)
     round: int | None = None
     world_size_saved: int | None = None  # the process count of the checkpoint restored from
 
