@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from alignops.api.base import DNS_1035_LABEL, ApiModel
 from alignops.api.common import Datasets, LoraAdapter, Resources, StageRef
-from alignops.api.distributed import OFFLOAD_PARAMETERS_RULE, DistributedSettings
+from alignops.api.distributed import DistributedSettings
 from alignops.api.hyperparameters import (
     PreferenceHyperparameters,
     RankHyperparameters,

@@ -18,9 +18,7 @@ rollouts.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Callable
 

@@ -32,7 +32,6 @@ class Trainer(RoundTrainer):
     def __init__(self, ctx: RunContext, hp: RlHyperparameters, plan: RlPlan):
         super().__init__(ctx, hp)
         self.plan = plan
-        inputs = ctx.config.inputs
         critic = self._critic() if plan.use_critic else None
         if hp.gradient_checkpointing:
             enable_gradient_checkpointing(*[m for m in (self.model, critic) if m is not None])

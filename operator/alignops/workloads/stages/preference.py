@@ -180,7 +180,8 @@ class PreferenceStage(Stage):
 
     def unpaired_loss(self, model, indices: list[int]) -> MicroBatchLoss:
         items, cache, world = self.items, self.cache, self.ctx.world
-        scores = sequence_logps(model, [items[i][0] for i in indices], self.pad)
+        sequences = [items[i][0] for i in indices]
+        scores = sequence_logps(model, sequences, self.pad)
         # KTO's reference point: completions shifted by one within the whole micro-batch (TRL), no
         # gradient; each process scores its share's mismatched pairs and the mean is global
         whole = self.loop.micro_batch if world.distributed else indices
