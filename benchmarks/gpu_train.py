@@ -275,8 +275,8 @@ class LoopProbe:
             probe.run_start = time.perf_counter()
             return originals["run"](loop)
 
-        def train_step(loop):
-            record = originals["train_step"](loop)
+        def train_step(loop, *args, **kwargs):
+            record = originals["train_step"](loop, *args, **kwargs)
             step = loop.state.step
             if step == probe.warmup or step == loop.state.total_steps:
                 synchronize()

@@ -118,7 +118,7 @@ from alignops.workloads.judge import load_judge
 for uri in sys.argv[1:]:
     # a run context holding only what a Hub input needs: no store, one process
     ctx = RunContext(config=types.SimpleNamespace(inputs=types.SimpleNamespace(judge=uri),
-                                                  base_model=types.SimpleNamespace(trust_remote_code=False)),
+                                                  base_model=types.SimpleNamespace(trust_remote_code=False, chat_template=None)),
                      store=None, scratch=None, metrics=None)
     try:
         model, tokenizer = load_judge(ctx)

@@ -145,8 +145,9 @@ def stage_schema() -> Schema:
     field_limit = next(m.le for m in gpus_maximum if getattr(m, "le", None) is not None)
     for limit in sorted({i.max_gpus for i in STAGE_TYPES.values()} - {field_limit}):  # the field's own bound says the rest
         owners = _types_with(lambda _n, i, limit=limit: i.max_gpus == limit)
-        rules.append({"rule": f"!(self.type in {_cel_list(owners)}) || !has(self.resources) || !has(self.resources.gpus) || self.resources.gpus <= {limit}",
-                      "message": f"resources.gpus: stage types {', '.join(owners)} train on at most {limit} GPU per run for now"})
+        rules.append({"rule": f"!(self.type in {_cel_list(owners)}) || !has(self.resources) || (has(self.resources.gpus) && self.resources.gpus > 1"
+                              f" ? self.resources.gpus : 1) * (has(self.resources.nodes) ? self.resources.nodes : 1) <= {limit}",
+                      "message": f"resources.gpus x nodes: stage types {', '.join(owners)} train on at most {limit} GPU per run for now"})
     for name, info in STAGE_TYPES.items():
         for rule, message in info.rules:
             rules.append({"rule": f"self.type != '{name}' || ({rule})", "message": f"{name} stage: {message}"})

@@ -104,9 +104,9 @@ def semantic_errors(job: AlignmentJob) -> list[FieldError]:
                 if produced not in accepted:
                     errors.append(FieldError(ref_path, f"stage {ref.from_stage!r} produces a {produced}, but {camel_case(field_name)} needs a {' or '.join(accepted)}"))
         errors += _dataset_ref_errors(job, index)
-        if stage.resources.gpus > info.max_gpus:
-            errors.append(FieldError(f"{path}.resources.gpus", f"{stage.resources.gpus} GPUs requested, but stage type {stage.type} trains on at most {info.max_gpus} GPU per run for now; set gpus: {info.max_gpus}"))
         processes = process_count(stage.resources.gpus, stage.resources.nodes)
+        if processes > info.max_gpus:
+            errors.append(FieldError(f"{path}.resources.gpus", f"{processes} processes requested (resources.gpus x nodes), but stage type {stage.type} trains on at most {info.max_gpus} GPU per run for now; set gpus: {info.max_gpus} and nodes: 1"))
         hp = getattr(stage, "hyperparameters", None)
         if processes > 1 and hasattr(hp, "gradient_accumulation_steps") and hp.batch_size % processes:
             errors.append(FieldError(f"{path}.hyperparameters.batchSize", BATCH_SPLIT_MESSAGE.format(batch=hp.batch_size, processes=processes)))

@@ -27,7 +27,7 @@ import torch
 from alignops.api.judge import JudgeSpec
 from alignops.workloads.context import ConfigError, RunContext
 from alignops.workloads.evaluation.generation import greedy_completions
-from alignops.workloads.models.loading import load_causal_lm, load_tokenizer, pick_device
+from alignops.workloads.models.policy import load_model
 from alignops.workloads.rl.rewards import ScoringBatch
 
 _PLACEHOLDER = re.compile(r"\{(prompt|response_a|response_b)\}")
@@ -148,13 +148,14 @@ class JudgeScorer:
 
 def load_judge(ctx: RunContext) -> tuple[object, object]:
     """(model, tokenizer) of the stage's judge: ``inputs.judge`` is a checkpoint or model directory
-    URI (an earlier stage's output or ``judge.uri``) or ``hf://ORG/NAME@REVISION`` (``judge.hub``,
-    from the Hugging Face cache), fetched and checked as every model input is."""
+    URI (an earlier stage's output, an adapter checkpoint merged onto its base, or ``judge.uri``) or
+    ``hf://ORG/NAME@REVISION`` (``judge.hub``, from the Hugging Face cache), loaded as every model
+    input is; in bf16 on a GPU that has it (it only reads)."""
     uri = ctx.config.inputs.judge
     if uri is None:
         raise ConfigError("the judge's model did not resolve (judge.fromStage names a stage without a checkpoint)")
-    device = pick_device()
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    trust = ctx.config.base_model.trust_remote_code
-    directory = ctx.open_uri(uri)
-    return load_causal_lm(directory, dtype, trust).to(device).eval(), load_tokenizer(directory, trust)
+    start = load_model(ctx, uri)
+    model = start.model
+    if model.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        model = model.to(torch.bfloat16)
+    return model.eval(), start.tokenizer

@@ -40,7 +40,8 @@ def frozen_reference(ctx: RunContext, start: Starting, untrained: bool, place=fr
         shared = adapter_reference(start.model)
         if shared is not None:
             return shared
-        if untrained and start.resume is None:
+        sharded = any(hasattr(p, "ds_id") for p in start.model.parameters())  # ZeRO-3's: a copy would hold empty shards
+        if untrained and start.resume is None and not sharded:
             return place(copy.deepcopy(start.model))
     return place(initial_model(ctx, inputs.reference or inputs.policy).model)
 

@@ -32,7 +32,11 @@ def split_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     projection of its last hidden state; None for any other model."""
     if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD_TYPES:
         return None
+    if hasattr(model, "get_base_model"):  # a peft model: its base_model is peft's LoraModel, not the transformer
+        model = model.get_base_model()
     base, head = model.base_model, model.get_output_embeddings()
+    if hasattr(head.weight, "ds_id"):  # ZeRO-3 gathers a weight only inside its module's forward
+        return None
     if base is model or not isinstance(head, torch.nn.Linear):
         return None
     return base, head

@@ -15,12 +15,15 @@ from alignops.workloads.rl.rewards import NEEDS_ANSWER, default_terms
 from alignops.workloads.training.order import epoch_permutation
 
 
-def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer) -> tuple[list[dict], list[dict]]:
-    """(training prompts, held-out prompts with answers): records ``{"prompt", "answer"}``."""
+def load_prompts(ctx: RunContext, hp: RlHyperparameters, tokenizer, scored_by_rewards: bool = True) -> tuple[list[dict], list[dict]]:
+    """(training prompts, held-out prompts with answers): records ``{"prompt", "answer"}``. Every
+    training prompt needs its ``answer`` where a reward function that reads one scores the samples
+    (``scored_by_rewards``: not when an LLM judge does)."""
     if ctx.config.datasets is None:
         raise ConfigError("datasets.train is required for an rl stage (records with `prompt`, and `answer` for verifiers)")
     terms = hp.rewards or default_terms(ctx.config.inputs.reward_model is not None)
-    view = "answered_prompts" if any(t.name in NEEDS_ANSWER for t in terms) else "prompts"
+    needs_answer = scored_by_rewards and any(t.name in NEEDS_ANSWER for t in terms)
+    view = "answered_prompts" if needs_answer else "prompts"
     data = training_data(ctx, view, tokenizer, hp.max_prompt_length, hp.eval_size, "prompts")
     records, _ = held_out_records(ctx, hp.eval_size, "prompts", data.carved)
     chat = Chat(tokenizer)

@@ -20,6 +20,7 @@ from alignops.contract import StageResult
 from alignops.demo.arithmetic import is_correct
 from alignops.workloads.context import RunContext, StopRequested
 from alignops.workloads.evaluation.generation import greedy_accuracy
+from alignops.workloads.models.checkpointing import enable_gradient_checkpointing
 from alignops.workloads.models.policy import starting_policy
 from alignops.workloads.training.engine import Trainable
 from alignops.workloads.training.loop import TrainLoop
@@ -62,6 +63,8 @@ class RoundTrainer:
         self.start = start
         self.model, self.tokenizer = start.model, start.tokenizer
         self.state = RlState.load(start.directory) if start.resume is not None else RlState()
+        if hp.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
 
     @property
     def world(self):

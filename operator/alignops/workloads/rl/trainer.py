@@ -33,8 +33,8 @@ class Trainer(RoundTrainer):
         super().__init__(ctx, hp)
         self.plan = plan
         critic = self._critic() if plan.use_critic else None
-        if hp.gradient_checkpointing:
-            enable_gradient_checkpointing(*[m for m in (self.model, critic) if m is not None])
+        if hp.gradient_checkpointing and critic is not None:  # the policy's is RoundTrainer's
+            enable_gradient_checkpointing(critic)
         extra = [Trainable(critic, CRITIC_PREFIX, hp.critic.learning_rate)] if critic is not None else []
         steps_per_round = hp.ppo_epochs * min(hp.mini_batches, hp.prompts_per_round * hp.samples_per_prompt)
         engine = self.make_loop(hp.rounds * steps_per_round, extra).engine

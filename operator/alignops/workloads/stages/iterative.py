@@ -30,7 +30,7 @@ from alignops.contract import StageResult
 from alignops.seeds import ROUND, TRAINING_SET, derive_seed
 from alignops.workloads.context import RunContext
 from alignops.workloads.data.sft import SftExample
-from alignops.workloads.rl.prompts import load_prompts
+from alignops.workloads.rl.prompts import held_out_task, load_prompts
 from alignops.workloads.rl.rounds import RoundTrainer
 from alignops.workloads.rl.sampling import RoundSampler, engine_for, reward_mix
 from alignops.workloads.rl.store import Rollout, RoundRollouts, load_rollouts
@@ -113,7 +113,7 @@ class IterativeStage:
         prompts, held = self.load_prompts()
         self.prepare()
         trainer.resume()  # once every model is loaded: the checkpoint's RNG state is the last word
-        trainer.begin(held)
+        trainer.begin(held, held_out_task(ctx, hp).is_correct)
         sampler = None
         for round_ in range(trainer.state.rounds_done + 1, hp.rounds + 1):
             self.round = round_
@@ -125,9 +125,11 @@ class IterativeStage:
                     sampler = RoundSampler(ctx, hp, None, self.tokenizer, prompts, engine, self.scorer(),
                                            trainer.loop.engine.gathered)
                 started = time.perf_counter()
-                sampler.engine.update_weights(self.model)
+                with trainer.loop.engine.gathered():  # whole weights for an engine that copies them (ZeRO-3)
+                    sampler.engine.update_weights(self.model)
                 time_sync = time.perf_counter() - started
                 batch = sampler.sample_round(round_)
+                sampler.engine.sleep()  # the update gets the GPU memory the engine held
                 self.after_sampling(batch)
             started = time.perf_counter()
             figures = self.train_round(batch)

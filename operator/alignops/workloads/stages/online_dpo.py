@@ -39,6 +39,7 @@ from alignops.workloads.context import ConfigError
 from alignops.workloads.judge import JudgeScorer, LlmJudge, consecutive_pairs, load_judge
 from alignops.workloads.models.reference import frozen_reference
 from alignops.workloads.models.scoring import sequence_logps_batched
+from alignops.workloads.rl.prompts import load_prompts
 from alignops.workloads.rl.store import RoundRollouts, round_key
 from alignops.workloads.stages.iterative import IterativeStage, rollout_example
 from alignops.workloads.stages.preference import loss_options, pair_loss, resolve_loss
@@ -70,6 +71,10 @@ class OnlineDpoStage(IterativeStage):
             raise ConfigError(f"online_dpo trains on pairs; {self.algorithm} takes unpaired examples")
         self.judge_spec = self.ctx.config.judge
         self.judge_scorer: JudgeScorer | None = None
+
+    def load_prompts(self) -> tuple[list[dict], list[dict]]:
+        # an LLM judge needs no answers: only the reward functions' verifiers read them
+        return load_prompts(self.ctx, self.hp, self.tokenizer, scored_by_rewards=self.judge_spec is None)
 
     def prepare(self) -> None:
         self.reference = None

@@ -256,6 +256,8 @@ class DeepSpeedEngine:
         return deepspeed.zero.GatheredParameters(parameters, modifier_rank=None)
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not isinstance(model, torch.nn.Module):  # a view of a trained model (its adapter off): placed with it
+            return model
         model.requires_grad_(False)
         model = model.to(self.device).eval()
         if self.run.zero_stage != 3:

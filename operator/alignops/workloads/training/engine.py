@@ -140,6 +140,8 @@ class PlainEngine:
         return contextlib.nullcontext()
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not isinstance(model, torch.nn.Module):  # a view of a trained model (its adapter off): placed with it
+            return model
         model.requires_grad_(False)
         return model.to(pick_device()).eval()
 
