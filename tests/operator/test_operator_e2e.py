@@ -394,7 +394,8 @@ def test_a_rendezvous_that_never_completes_ends_in_rendezvous_timeout_and_a_retr
         progressing = condition(status, "Progressing")
         assert progressing["reason"] == "RendezvousTimeout" and "retrying in 10 s from the last checkpoint" in progressing["message"]
         cluster.wait_status("lonely", lambda s: s["stages"][0]["attempts"] == 2, 60, "the retry")
-        assert cluster.jobs("lonely") == ["lonely-sft-a1", "lonely-sft-a2"]
+        # the status counts the attempt as the operator creates its Job: wait for the Job itself
+        wait_until(lambda: cluster.jobs("lonely") == ["lonely-sft-a1", "lonely-sft-a2"], 30, message="the retry's Job (and no other)")
     finally:
         cluster.agent.faults.clear()
         run_kubectl(cluster.api, "delete", "aj", "lonely", "--wait=false", namespace=NS)

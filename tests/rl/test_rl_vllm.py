@@ -102,8 +102,10 @@ def test_dtype_follows_precision():
     fp32 = engine_extra(RlHyperparameters.model_validate({"precision": "fp32"}), config, gpu)
     assert (bf16["dtype"], bf16["autocast"]) == ("bfloat16", torch.bfloat16)
     assert (fp32["dtype"], fp32["autocast"]) == ("float32", None)
-    # on a CPU the trainer computes in fp32, and so would the engine
-    assert engine_extra(RlHyperparameters.model_validate({"precision": "bf16"}), config, torch.device("cpu"))["dtype"] == "float32"
+    # on a CPU bf16 is honoured too (autocast), and auto is fp32 there
+    cpu = torch.device("cpu")
+    assert engine_extra(RlHyperparameters.model_validate({"precision": "bf16"}), config, cpu)["dtype"] == "bfloat16"
+    assert engine_extra(RlHyperparameters.model_validate({"precision": "auto"}), config, cpu)["dtype"] == "float32"
 
 
 def test_samples_are_independent_per_prompt_and_reproducible(vllm, saved_model, tmp_path):

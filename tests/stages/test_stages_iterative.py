@@ -153,7 +153,9 @@ def test_an_llm_judge_labels_the_pairs_online_dpo_trains_on(tmp_path):
     assert done.returncode != 0 and status["phase"] == "Failed"
     unread = stages["unread"]
     assert unread["phase"] == "Failed" and unread["reason"] == "ConfigurationError"
-    assert "none of the judge's 8 answers matched judge.answerPattern" in unread["message"] and "'A'" in unread["message"]
+    # the message quotes what the judge said (the taught "A", before the pattern's "verdict: ")
+    assert "none of the judge's 8 answers matched judge.answerPattern" in unread["message"]
+    assert "its first answer was 'A" in unread["message"]
     assert unread["attempts"] == 1  # a configuration error is not retried
 
 

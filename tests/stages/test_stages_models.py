@@ -144,7 +144,7 @@ def test_the_models_own_tokenizer_pad_bos_and_end_of_turn_ids(model_dir, tmp_pat
     generate = model.generate
     model.generate = lambda **kwargs: seen.update(kwargs) or generate(**kwargs)
     prompt = tokenizer(chat_prompt(WORDS[0]), add_special_tokens=False).input_ids
-    engine.generate([prompt], SamplingSettings(n=1, max_new_tokens=3, greedy=True), seed=0)
+    engine.generate([prompt], SamplingSettings(n=1, max_new_tokens=3, greedy=True), [0])
     assert seen["eos_token_id"] == [im_end, end_of_text]
     assert engine._response_length([7, 9, end_of_text, im_end, 4], ()) == (3, True)
     assert engine._response_length([7, im_end, 9], ()) == (2, True)
