@@ -89,6 +89,17 @@ class RoundSampler:
         )
         return self.rewards(batch)
 
+    def sync_and_sample(self, model, round_: int) -> tuple[RoundRollouts, float]:
+        """(round ``round_`` sampled with ``model``'s current weights, the seconds the weight sync
+        took); the engine then sleeps, so the update gets the GPU memory it held."""
+        started = time.perf_counter()
+        with self.gathered():  # whole weights for an engine that copies them (ZeRO-3)
+            self.engine.update_weights(model)
+        time_sync = time.perf_counter() - started
+        batch = self.sample_round(round_)
+        self.engine.sleep()
+        return batch, time_sync
+
     def sample_round(self, round_: int) -> RoundRollouts:
         hp, n = self.hp, self.hp.samples_per_prompt
         records = round_prompts(self.prompts, hp, round_)

@@ -65,7 +65,6 @@ update and commit), ``update`` (the update's math around ``alignops.algos``), ``
 
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -142,11 +141,6 @@ def train_run(ctx: RunContext, hp: RlHyperparameters, plan: RlPlan) -> StageResu
                 engine = engine_for(ctx, hp, trainer.model, trainer.tokenizer, trainer.start.directory)
                 sampler = RoundSampler(ctx, hp, plan, trainer.tokenizer, prompts, engine, reward_mix(ctx, hp, trainer.loop.engine.frozen),
                                        gathered=trainer.loop.engine.gathered)
-            started = time.perf_counter()
-            with trainer.loop.engine.gathered():  # whole weights for an engine that copies them (ZeRO-3)
-                sampler.engine.update_weights(trainer.model)
-            time_sync = time.perf_counter() - started
-            batch = sampler.sample_round(round_)
-            sampler.engine.sleep()  # the update gets the GPU memory the engine held
+            batch, time_sync = sampler.sync_and_sample(trainer.model, round_)
         trainer.train_round(batch, time_sync)
     return trainer.result()

@@ -84,7 +84,7 @@ class IterativeStage:
 
     def scorer(self):
         """What scores the samples (``RewardMix``'s call signature); default: the reward functions."""
-        return reward_mix(self.ctx, self.hp)
+        return reward_mix(self.ctx, self.hp, self.trainer.loop.engine.frozen)
 
     def after_sampling(self, batch: RoundRollouts) -> None:
         """Called on a freshly sampled round, after its rollouts are committed."""
@@ -124,12 +124,7 @@ class IterativeStage:
                     engine = engine_for(ctx, hp, self.model, self.tokenizer, trainer.start.directory)
                     sampler = RoundSampler(ctx, hp, None, self.tokenizer, prompts, engine, self.scorer(),
                                            trainer.loop.engine.gathered)
-                started = time.perf_counter()
-                with trainer.loop.engine.gathered():  # whole weights for an engine that copies them (ZeRO-3)
-                    sampler.engine.update_weights(self.model)
-                time_sync = time.perf_counter() - started
-                batch = sampler.sample_round(round_)
-                sampler.engine.sleep()  # the update gets the GPU memory the engine held
+                batch, time_sync = sampler.sync_and_sample(self.model, round_)
                 self.after_sampling(batch)
             started = time.perf_counter()
             figures = self.train_round(batch)
