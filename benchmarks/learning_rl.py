@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print_spread(rows, verdict)
     failed = [r for r in rows if verdict(r) != "ok"]
     print(f"\n{len(rows)} stages, {len(failed)} missing a target (rl targets: accuracy +{ACCURACY_GAIN} for "
-          f"{', '.join(ACCURACY_ALGORITHMS)}; reward +{REWARD_GAIN} for {', '.join(REWARD_ALGORITHMS)}; every stage < {STAGE_SECONDS:.0f} s); "
+          f"{', '.join(ACCURACY_ALGORITHMS)}; reward +{REWARD_GAIN} for {', '.join(REWARD_ALGORITHMS)}; "
+          f"{', '.join(sorted({r for r, _ in RECIPE_TARGETS}))}: the recipe's own floors; every stage < {STAGE_SECONDS:.0f} s); "
           f"workdir {workdir}")
     return 1 if failed or not any(r["type"] == "rl" for r in rows) else 0
 
