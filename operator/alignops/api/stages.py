@@ -316,8 +316,7 @@ class StageType:
     default_algorithm: str | None = None
     # which dataset format the stage reads, for generators and sniffing
     dataset_format: str = "sft"
-    # processes (GPUs) one run may use: the trained types run DeepSpeed across resources.gpus; the
-    # self-training types (rounds of sample -> score -> train in one process) use one GPU for now
+    # processes (GPUs x nodes) one run may use: every trained type runs DeepSpeed across them
     max_gpus: int = 64
     # (CEL rule on the stage object, message): within-stage checks the CRD makes for this type only
     rules: tuple[tuple[str, str], ...] = ()
@@ -359,7 +358,7 @@ STAGE_TYPES: dict[str, StageType] = {
     ),
     "rejection_sampling": StageType(
         model=RejectionSamplingStage, produces="policy", inputs={"policy": ("policy",), "reward_model": ("rewardModel",)},
-        algorithms=("raft", "rest"), default_algorithm="raft", dataset_format="prompts", max_gpus=1,
+        algorithms=("raft", "rest"), default_algorithm="raft", dataset_format="prompts",
         rules=(
             ("!has(self.algorithm) || self.algorithm != 'rest' || (has(self.hyperparameters) && has(self.hyperparameters.thresholds))",
              REST_NEEDS_THRESHOLDS),
@@ -374,7 +373,7 @@ STAGE_TYPES: dict[str, StageType] = {
     "online_dpo": StageType(
         model=OnlineDpoStage, produces="policy",
         inputs={"policy": ("policy",), "reference": ("policy",), "reward_model": ("rewardModel",), "judge": ("policy",)},
-        algorithms=PAIRED_PREFERENCE_ALGORITHMS, default_algorithm="dpo", dataset_format="prompts", max_gpus=1,
+        algorithms=PAIRED_PREFERENCE_ALGORITHMS, default_algorithm="dpo", dataset_format="prompts",
         rules=(
             ("!has(self.hyperparameters) || !has(self.hyperparameters.samplesPerPrompt) || self.hyperparameters.samplesPerPrompt >= 2",
              ONLINE_DPO_PAIRS),
@@ -385,7 +384,7 @@ STAGE_TYPES: dict[str, StageType] = {
         ),
     ),
     "spin": StageType(model=SpinStage, produces="policy", inputs={"policy": ("policy",)},
-                      algorithms=PAIRED_PREFERENCE_ALGORITHMS, default_algorithm="dpo", dataset_format="sft", max_gpus=1,
+                      algorithms=PAIRED_PREFERENCE_ALGORITHMS, default_algorithm="dpo", dataset_format="sft",
                       rules=(_no_rpo_rule(),)),
 }
 

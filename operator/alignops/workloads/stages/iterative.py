@@ -136,11 +136,18 @@ class IterativeStage:
         trained = [h["loss"] for h in trainer.state.history if "loss" in h]
         return trainer.result({**({"lossFirst": trained[0]} if trained else {}), **self.totals()})
 
-    def train_steps(self, size: int, loss_fn: LossFn, training_set: int = 0) -> dict[str, float]:
+    def train_steps(self, size: int, loss_fn: LossFn, training_set: int = 0,
+                    units: Callable[[list[int]], float] = len) -> dict[str, float]:
         """``stepsPerRound`` optimiser steps on a training set of ``size`` items, ``loss_fn(model,
-        indices)`` per micro-batch; returns the steps' mean loss, gradient norm and loss figures
-        (nothing when the set is empty: the round has nothing to learn from)."""
-        hp, loop, round_ = self.hp, self.trainer.loop, self.round
+        indices)`` per micro-batch (the mean of ``units(indices)``: tokens for a token-mean loss,
+        items by default); returns the steps' mean loss, gradient norm and loss figures (nothing
+        when the set is empty: the round has nothing to learn from).
+
+        On several processes each reads its share of every micro-batch, weighted by its units over
+        the step's (times the process count: the engines average gradients), so the step is the
+        same global mean at any process count. A process whose share is empty repeats an item with
+        weight 0: under ZeRO-3 every process must run every forward pass."""
+        hp, loop, round_, world = self.hp, self.trainer.loop, self.round, self.ctx.world
         if size == 0:
             return {}
         accumulation = hp.gradient_accumulation_steps
@@ -150,16 +157,25 @@ class IterativeStage:
         for step in range(hp.steps_per_round):
             self.trainer.check_stop(round_)
             self.model.train()
+            micro_batches = [order.micro_batch(step, m) for m in range(accumulation)]
+            step_units = max(float(sum(units(m) for m in micro_batches)), 1e-12)
+            shares = [(world.share(m) or m[:1], bool(world.share(m))) for m in micro_batches]
 
-            def loss_of(micro: int, step=step) -> MicroBatchLoss:
+            def loss_of(share) -> MicroBatchLoss:
                 with loop.engine.autocast():
-                    return loss_fn(self.model, order.micro_batch(step, micro))
+                    return loss_fn(self.model, share[0])
 
-            # each micro-batch's loss is its mean: the step's is their mean
-            out = loop.optimizer_step(range(accumulation), loss_of, lambda _: 1.0 / accumulation)
-            for name, value in {"loss": out.loss, "grad_norm": out.grad_norms[0], **out.metrics}.items():
+            def weight_of(share) -> float:
+                return units(share[0]) / step_units * world.size if share[1] else 0.0
+
+            out = loop.optimizer_step(shares, loss_of, weight_of)
+            # this process's shares; summed over processes below (the loss was weighted by the count)
+            figures = {"loss": out.loss / world.size, **{k: v / world.size for k, v in out.metrics.items()}}
+            for name, value in figures.items():
                 totals[name] = totals.get(name, 0.0) + value / hp.steps_per_round
-        return read_back(totals)  # once per round: the steps never wait for the device
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + out.grad_norms[0] / hp.steps_per_round  # already global
+        summed = world.sum_floats({k: v for k, v in read_back(totals).items() if k != "grad_norm"})
+        return {**summed, "grad_norm": float(totals["grad_norm"])}  # read back once per round, not per step
 
     def history_sum(self, key: str) -> float:
         return float(sum(h.get(key, 0) for h in self.trainer.state.history))

@@ -79,7 +79,7 @@ class OnlineDpoStage(IterativeStage):
     def prepare(self) -> None:
         self.reference = None
         if self.traits.needs_reference and not self.hp.sync_reference:
-            self.reference = frozen_reference(self.ctx, self.trainer.start, untrained=True)
+            self.reference = frozen_reference(self.ctx, self.trainer.start, untrained=True, place=self.trainer.loop.engine.frozen)
 
     def scorer(self):
         if self.judge_spec is None:

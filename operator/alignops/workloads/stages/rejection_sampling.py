@@ -30,6 +30,7 @@ from alignops.api.iterative import RejectionSamplingHyperparameters
 from alignops.workloads.context import ConfigError
 from alignops.workloads.rl.store import RoundRollouts
 from alignops.workloads.stages.iterative import IterativeStage, rollout_example
+from alignops.workloads.data.sft import response_tokens
 from alignops.workloads.stages.sft import sft_loss
 
 Selection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rewards, group ids) -> keep mask
@@ -72,7 +73,8 @@ class RejectionSamplingStage(IterativeStage):
             figures["kept"] += len(kept)
             if len(self.selections) > 1:
                 figures[f"kept_{i + 1}"] = float(len(kept))
-            step = self.train_steps(len(kept), lambda model, idx, kept=kept: sft_loss(model, [kept[j] for j in idx], self.pad), i)
+            step = self.train_steps(len(kept), lambda model, idx, kept=kept: sft_loss(model, [kept[j] for j in idx], self.pad), i,
+                                    units=lambda idx, kept=kept: response_tokens([kept[j] for j in idx]))  # a token mean
             if step:
                 trained.append(step)
         for name in {k for t in trained for k in t}:  # the mean over the sets trained on
