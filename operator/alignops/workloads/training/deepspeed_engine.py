@@ -200,6 +200,9 @@ class DeepSpeedEngine:
         self.world.barrier()
 
     def save_state(self, directory: Path) -> None:
+        for ds_engine in self.engines:  # a checkpoint before the first step (a round with nothing to learn) has zero moments
+            _ensure_adam_state(ds_engine)
+
         def states():
             for trainable, ds_engine in zip(self.trainables, self.engines):
                 for name, param in ds_engine.module.named_parameters():
