@@ -141,12 +141,8 @@ class IterativeStage:
         """``stepsPerRound`` optimiser steps on a training set of ``size`` items, ``loss_fn(model,
         indices)`` per micro-batch (the mean of ``units(indices)``: tokens for a token-mean loss,
         items by default); returns the steps' mean loss, gradient norm and loss figures (nothing
-        when the set is empty: the round has nothing to learn from).
-
-        On several processes each reads its share of every micro-batch, weighted by its units over
-        the step's (times the process count: the engines average gradients), so the step is the
-        same global mean at any process count. A process whose share is empty repeats an item with
-        weight 0: under ZeRO-3 every process must run every forward pass."""
+        when the set is empty: the round has nothing to learn from). On several processes each
+        reads its share of every micro-batch (``TrainLoop.shared_step``)."""
         hp, loop, round_, world = self.hp, self.trainer.loop, self.round, self.ctx.world
         if size == 0:
             return {}
@@ -157,18 +153,7 @@ class IterativeStage:
         for step in range(hp.steps_per_round):
             self.trainer.check_stop(round_)
             self.model.train()
-            micro_batches = [order.micro_batch(step, m) for m in range(accumulation)]
-            step_units = max(float(sum(units(m) for m in micro_batches)), 1e-12)
-            shares = [(world.share(m) or m[:1], bool(world.share(m))) for m in micro_batches]
-
-            def loss_of(share) -> MicroBatchLoss:
-                with loop.engine.autocast():
-                    return loss_fn(self.model, share[0])
-
-            def weight_of(share) -> float:
-                return units(share[0]) / step_units * world.size if share[1] else 0.0
-
-            out = loop.optimizer_step(shares, loss_of, weight_of)
+            out = loop.shared_step([order.micro_batch(step, m) for m in range(accumulation)], loss_fn, units)
             # this process's shares; summed over processes below (the loss was weighted by the count)
             figures = {"loss": out.loss / world.size, **{k: v / world.size for k, v in out.metrics.items()}}
             for name, value in figures.items():

@@ -193,6 +193,29 @@ class TrainLoop:
         self._last_loss_tensor = loss_total
         return StepOutput(loss_total, tokens, metrics, norms, work_seconds)
 
+    def shared_step(self, micro_batches: list[list[int]], loss_fn: Callable[[torch.nn.Module, list[int]], MicroBatchLoss],
+                    units_fn: Callable[[list[int]], float], timed: bool = False) -> StepOutput:
+        """One optimiser step over whole micro-batches of item indices, each process reading its
+        share of every one. A share's loss (the mean of its ``units_fn``) is weighted by its units
+        over the step's, times the process count (the engines average gradients): the sum over
+        processes is the step's global mean at any process count. A process whose share is empty
+        repeats an item with weight 0: under ZeRO-3 every process must run every forward pass."""
+        world = self.world
+        step_units = max(float(sum(units_fn(m) for m in micro_batches)), 1e-12)
+        shares = [(micro, world.share(micro)) for micro in micro_batches]
+
+        def loss_of(item) -> MicroBatchLoss:
+            micro, share = item
+            self.micro_batch = micro
+            with self.engine.autocast():
+                return loss_fn(self.model, share or micro[:1])
+
+        def weight_of(item) -> float:
+            share = item[1]
+            return units_fn(share) / step_units * world.size if share else 0.0
+
+        return self.optimizer_step(shares, loss_of, weight_of, timed=timed)
+
     def train_step(self, timed: bool = False) -> dict[str, Any]:
         """One optimiser step over the next ``gradientAccumulationSteps`` micro-batches of the data;
         this process reads its share of each. Figures are this process's shares (``log_record``
@@ -200,19 +223,7 @@ class TrainLoop:
         self.model.train()
         world, step = self.world, self.state.step
         micro_batches = [self.order.micro_batch(step, m) for m in range(self.hp.gradient_accumulation_steps)]
-        step_units = float(sum(self.units_fn(m) for m in micro_batches))
-
-        def loss_of(micro: list[int]) -> MicroBatchLoss:
-            self.micro_batch = micro
-            with self.engine.autocast():
-                return self.loss_fn(self.model, world.share(micro))
-
-        def weight_of(micro: list[int]) -> float:
-            return self.units_fn(world.share(micro)) / max(step_units, 1e-12) * world.size
-
-        # a share's loss is weighted by its units over the step's, times the process count (the
-        # engines average gradients): the sum over processes is the step's global mean
-        out = self.optimizer_step(micro_batches, loss_of, lambda m: weight_of(m), timed=timed)
+        out = self.shared_step(micro_batches, self.loss_fn, self.units_fn, timed=timed)
         return {"loss": out.loss, "grad_norm": out.grad_norms[0], "tokens": out.tokens, "work_seconds": out.work_seconds,
                 **{k: v / world.size for k, v in out.metrics.items()}}
 
