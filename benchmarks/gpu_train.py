@@ -23,7 +23,8 @@ matmul parameters (the output projection included, the embedding lookup not), at
 full; recomputation by activation checkpointing is not counted (model FLOPs, not hardware FLOPs);
 DPO adds the reference's forward, 2 N + 4 L H T. Peak memory is ``torch.cuda.max_memory_allocated``
 per row. Start-up: from the row's start to its first optimiser step (model load, data, engine);
-commit: writing the final weights (AlignOps: the whole committed checkpoint, optimizer state too).
+commit: the time training is held up by writing the final weights (AlignOps: taking the final
+checkpoint, weights only, and waiting for its upload after the held-out evaluation it overlaps).
 
 On the GPU machine the image lacks some wheels: carry pydantic, pydantic-core, trl, datasets (and
 their pure-Python dependencies) and liger-kernel (see ``../shared/TESTING.md``).
@@ -267,13 +268,13 @@ class LoopProbe:
     def __enter__(self):
         from alignops.workloads.training.loop import TrainLoop
 
-        self.originals = {name: getattr(TrainLoop, name) for name in ("run", "train_step", "commit")}
+        self.originals = {name: getattr(TrainLoop, name) for name in ("run", "train_step", "commit", "wait_committed")}
         probe, originals = self, self.originals
 
-        def run(loop):
+        def run(loop, *args, **kwargs):
             synchronize()
             probe.run_start = time.perf_counter()
-            return originals["run"](loop)
+            return originals["run"](loop, *args, **kwargs)
 
         def train_step(loop, *args, **kwargs):
             record = originals["train_step"](loop, *args, **kwargs)
@@ -283,14 +284,17 @@ class LoopProbe:
                 probe.stamps[step] = (time.perf_counter(), loop.state.tokens_seen)
             return record
 
-        def commit(loop):
-            synchronize()
-            started = time.perf_counter()
-            ref = originals["commit"](loop)
-            probe.commit_s += time.perf_counter() - started
-            return ref
+        def timed(name):  # the time training is held up: taking the state, and waiting for the upload
+            def call(loop, *args, **kwargs):
+                synchronize()
+                started = time.perf_counter()
+                out = originals[name](loop, *args, **kwargs)
+                probe.commit_s += time.perf_counter() - started
+                return out
+            return call
 
-        TrainLoop.run, TrainLoop.train_step, TrainLoop.commit = run, train_step, commit
+        TrainLoop.run, TrainLoop.train_step = run, train_step
+        TrainLoop.commit, TrainLoop.wait_committed = timed("commit"), timed("wait_committed")
         return self
 
     def __exit__(self, *exc):

@@ -47,22 +47,27 @@ def write_config(document: dict, storage: Path, directory: Path, role: str = "al
 _KILLER = """
 import os, signal, sys
 from alignops.workloads.rl import update as rl_update
-from alignops.workloads.entrypoint import main
+from alignops.workloads import entrypoint
 target_round, target_step, signame = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 calls = {"n": 0}
 original = rl_update.PolicyUpdate.run
+contexts, make_context = [], entrypoint.make_context
+entrypoint.make_context = lambda *args: contexts.append(make_context(*args)) or contexts[-1]
 
 def run(self, t, round_, kl_coef, should_stop):
     def check():
         if round_ == target_round:
             calls["n"] += 1
             if calls["n"] == target_step:
+                # after the last round's checkpoint has landed: commits upload beside training, and
+                # one still in flight at a SIGKILL is lost whole (its manifest is written last)
+                contexts[-1].commits.wait()
                 os.kill(os.getpid(), getattr(signal, signame))
         should_stop()
     return original(self, t, round_, kl_coef, check)
 
 rl_update.PolicyUpdate.run = run
-sys.exit(main([sys.argv[1]]))
+sys.exit(entrypoint.main([sys.argv[1]]))
 """
 
 

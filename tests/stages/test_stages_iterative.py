@@ -179,6 +179,9 @@ original = loop.TrainLoop.optimizer_step
 
 def optimizer_step(self, *args, **kwargs):
     if self.state.step + 1 == target:
+        # after the last round's checkpoint has landed: commits upload beside training, and one
+        # still in flight at a SIGKILL is lost whole (its manifest is written last)
+        self.ctx.commits.wait()
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, *args, **kwargs)
 

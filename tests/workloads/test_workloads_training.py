@@ -115,7 +115,7 @@ def test_train_state_restores_optimizer_scheduler_rng_and_position(tmp_path):
     hp = _hp(lrScheduler="linear", warmupSteps=2)
     model = _model()
     loop = TrainLoop(CONTEXT, model, hp, None, lambda d: None, total_steps=10)
-    model.save_pretrained = lambda directory, safe_serialization: torch.save(model.state_dict(), f"{directory}/w.pt")
+    model.save_pretrained = lambda directory, safe_serialization, state_dict: torch.save(state_dict, f"{directory}/w.pt")
     for _ in range(3):
         loop.optimizer_step([[0, 1, 2, 3]], lambda rows: _loss(model, rows))
     loop.state.round = 4

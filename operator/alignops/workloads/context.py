@@ -22,6 +22,7 @@ from alignops.storage.locate import locate
 from alignops.workloads.distributed import SINGLE, World
 from alignops.workloads.models.hf_dir import ModelDirError, check_model_directory, wanted_file
 from alignops.workloads.models.hub import hub_snapshot
+from alignops.workloads.training.commits import BackgroundCommits
 
 
 class ConfigError(PermanentError):
@@ -82,6 +83,7 @@ class RunContext:
     stop: threading.Event = field(default_factory=threading.Event)
     world: World = SINGLE
     opened: dict[str, Path] = field(default_factory=dict)  # open_uri's answers: each input is fetched once
+    commits: BackgroundCommits = field(default_factory=BackgroundCommits)  # checkpoint uploads beside training
 
     @property
     def storage_options(self) -> StorageOptions:

@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:  # raised while opening storage
         code, result = EXIT_CONFIG, StageResult(None, {}, f"configuration error: {exc}")
         print(result.message, file=sys.stderr)
+    if ctx is not None:  # a stage that failed or stopped still commits the checkpoint it handed over
+        ctx.commits.drain()
     if world.is_main:  # one result and one summary per run
         try:
             write_result(result)

@@ -108,6 +108,7 @@ class RoundTrainer:
 
     def check_stop(self, round_: int) -> None:
         if self.loop.stop_requested():  # every process agrees, so all of them stop at the same step
+            self.loop.wait_committed()
             raise StopRequested(f"stopped while training round {round_}; rounds 1..{self.state.rounds_done} are committed")
 
     def finish_round(self, round_: int, record: dict) -> dict:
@@ -120,7 +121,7 @@ class RoundTrainer:
         self.state.rounds_done = round_
         self.state.history.append({k: record[k] for k in self.history_keys if k in record})
         self.loop.state.round = round_
-        self.loop.commit()
+        self.loop.commit(final=round_ == hp.rounds)  # uploaded while the next round samples
         self.ctx.metrics.log(record)
         return record
 
@@ -144,5 +145,6 @@ class RoundTrainer:
             if evaluated:
                 metrics["accuracyAfter"] = evaluated[-1]["accuracy"]
         metrics.update(extra or {})
-        uri = self.loop.committed.uri if self.loop.committed is not None else None
+        committed = self.loop.wait_committed()
+        uri = committed.uri if committed is not None else None
         return StageResult(checkpoint_uri=uri, metrics=metrics)

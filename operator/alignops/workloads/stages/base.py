@@ -126,7 +126,8 @@ class Stage:
         loop = record.loop(self.start, self.hp, size, self.loss, self.loss_units, order=self.data_order())
         self.model = loop.model  # the engine's handle: forward passes go through it
         self.before_training(loop)
-        final = loop.run()
-        with loop.engine.gathered():  # every process evaluates the same held-out data
+        loop.run(wait=False)
+        with loop.engine.gathered():  # every process evaluates the same held-out data, while the final checkpoint uploads
             after = self.evaluate_after()
+        final = loop.wait_committed()
         return StageResult(checkpoint_uri=final.uri, metrics=record.metrics(loop, after, self.extra_metrics()))

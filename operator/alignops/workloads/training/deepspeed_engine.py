@@ -25,7 +25,7 @@ import ctypes
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -185,19 +185,39 @@ class DeepSpeedEngine:
                 return ds_engine
         raise ValueError("save_pretrained: not a model this engine trains")
 
-    def save_pretrained(self, model, directory: Path) -> None:
-        ds_engine = self._engine_of(model)
-        module = ds_engine.module
+    def _host_weights(self, module) -> dict[str, torch.Tensor] | None:
+        """The module's whole weights in the main process's memory (gathered shard by shard under
+        ZeRO-3; every process takes part); None on the other processes."""
         state = {}
         for name, param in module.named_parameters():
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=self.run.zero_stage == 3):
                 if self.world.is_main:
                     state[name] = param.detach().to("cpu", copy=True)
-        if self.world.is_main:
-            state.update({name: buffer.detach().cpu() for name, buffer in module.named_buffers()
-                          if name in module.state_dict()})
+        if not self.world.is_main:
+            return None
+        state.update({name: buffer.detach().to("cpu", copy=True) for name, buffer in module.named_buffers()
+                      if name in module.state_dict()})
+        return state
+
+    def save_pretrained(self, model, directory: Path) -> None:
+        module = self._engine_of(model).module
+        state = self._host_weights(module)
+        if state is not None:
             save_model_checkpoint(module, directory, state)
         self.world.barrier()
+
+    def snapshot(self, directory: Path, optimizer: bool) -> Callable[[], None]:
+        # the optimizer state is gathered and written parameter by parameter (memory stays one
+        # parameter's), so it is written now; the weights are gathered now and written later
+        module = self.engines[0].module
+        state = self._host_weights(module)
+        if optimizer:
+            self.save_state(directory)
+
+        def write() -> None:
+            if state is not None:
+                save_model_checkpoint(module, directory, state)
+        return write
 
     def save_state(self, directory: Path) -> None:
         for ds_engine in self.engines:  # a checkpoint before the first step (a round with nothing to learn) has zero moments

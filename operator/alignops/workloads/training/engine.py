@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -66,6 +66,12 @@ class Engine(Protocol):
     def save_state(self, directory: Path) -> None:
         """Optimizer (by parameter name) and scheduler state (every process calls it)."""
 
+    def snapshot(self, directory: Path, optimizer: bool) -> Callable[[], None]:
+        """A checkpoint of the main model's weights (and with ``optimizer`` the optimizer and
+        schedule state) for ``directory``, in two parts: what must happen now (collectives, copies
+        off the live tensors) happens in this call, on every process; the returned write finishes
+        the files on the main process and may run on another thread while training goes on."""
+
     def load_state(self, directory: Path) -> None: ...
 
     def gathered(self) -> contextlib.AbstractContextManager:
@@ -73,6 +79,20 @@ class Engine(Protocol):
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """A model that is never trained (a reference, a reward model), placed for inference."""
+
+
+def host_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies in host memory that training can no longer change; tensors that share storage (tied
+    embeddings) stay shared, so the checkpoint writer sees the tie."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach()
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if key not in copies:
+            copies[key] = tensor.to("cpu", copy=True)
+        out[name] = copies[key]
+    return out
 
 
 def _named(trainables: Sequence[Trainable]):
@@ -127,6 +147,19 @@ class PlainEngine:
     def save_state(self, directory: Path) -> None:
         write_optimizer_state(directory, adam_states(self.optimizer, _named(self.trainables)), adam_step(self.optimizer))
         ScheduleState.save([self.scheduler], directory)
+
+    def snapshot(self, directory: Path, optimizer: bool) -> Callable[[], None]:
+        weights = host_copy(self.model.state_dict())
+        states, step = None, adam_step(self.optimizer)
+        if optimizer:
+            states = [(name, host_copy(state)) for name, state in adam_states(self.optimizer, _named(self.trainables))]
+            ScheduleState.save([self.scheduler], directory)
+
+        def write() -> None:
+            save_model_checkpoint(self.model, directory, weights)
+            if states is not None:
+                write_optimizer_state(directory, states, step)
+        return write
 
     def load_state(self, directory: Path) -> None:
         if OptimizerStateReader.present(directory):

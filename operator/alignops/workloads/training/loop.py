@@ -126,6 +126,9 @@ class TrainLoop:
         self.engine = make_engine([Trainable(model), *extra_trainables], hp, total, self.world, ctx.config.distributed)
         self.state = TrainState(self.engine, total, seed=hp.seed)
         self.committed: CheckpointRef | None = None
+        self._last_commit_step: int | None = None
+        self._committing = False  # a commit started and not yet waited for
+        self.commit_seconds = 0.0  # training held up by commits: taking the state, and waiting for uploads
         self.micro_batch: list[int] = []  # the whole micro-batch being read (every process's share)
         self._last_loss_tensor: torch.Tensor | None = None
 
@@ -136,25 +139,52 @@ class TrainLoop:
     def restore(self, directory: Path, ref: CheckpointRef) -> None:
         self.state.restore(directory)
         self.committed = ref
+        self._last_commit_step = ref.step
 
-    def commit(self) -> CheckpointRef:
-        """Commit the current state as ``<stage_key>/[round-<n>/]checkpoint-<step>/`` (every process
-        takes part in gathering the state; the main process uploads)."""
+    def commit(self, final: bool = False) -> None:
+        """Start committing the current state as ``<stage_key>/[round-<n>/]checkpoint-<step>/``:
+        every process takes part in taking it now; the main process writes the weights and uploads
+        on the run's commit worker while training goes on (``commits``), and ``wait_committed``
+        returns it once committed. ``final``: the stage's last checkpoint, without the optimizer
+        state (nothing resumes from it; a changed spec reruns the stage under a new key)."""
+        self.wait_committed()  # one in flight: checkpoints are committed in order
         state, world = self.state, self.world
         self._settle_loss()
+        started = time.perf_counter()
         directory = self.ctx.scratch / f"checkpoint-{state.step}"
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
-        state.save(directory)
+        write = state.snapshot(directory, optimizer=not final)
         self.save_extra(directory)
-        ref = None
         if world.is_main:
-            key = self.ctx.config.stage_key
-            ref = commit_checkpoint(self.ctx.store, directory, key, state.step, state.round)
-            apply_retention(self.ctx.store, key, self.hp.keep_checkpoints)
-        shutil.rmtree(directory, ignore_errors=True)
-        self.committed = world.broadcast_object(ref)
+            store, key, keep = self.ctx.store, self.ctx.config.stage_key, self.hp.keep_checkpoints
+            step, round_ = state.step, state.round
+
+            def upload() -> CheckpointRef:
+                try:
+                    write()
+                    ref = commit_checkpoint(store, directory, key, step, round_)
+                    apply_retention(store, key, keep)
+                    return ref
+                finally:
+                    shutil.rmtree(directory, ignore_errors=True)
+
+            self.ctx.commits.submit(upload)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._last_commit_step, self._committing = state.step, True
+        self.commit_seconds += time.perf_counter() - started
+
+    def wait_committed(self) -> CheckpointRef | None:
+        """The last checkpoint, once committed (every process calls it after a ``commit``; they all
+        get the main process's reference)."""
+        if not self._committing:
+            return self.committed
+        started = time.perf_counter()
+        ref = self.ctx.commits.wait() if self.world.is_main else None
+        self.commit_seconds += time.perf_counter() - started
+        self.committed, self._committing = self.world.broadcast_object(ref), False
         return self.committed
 
     def stop_requested(self) -> bool:
@@ -238,14 +268,17 @@ class TrainLoop:
         self.state.last_loss = totals["loss"]
         return totals
 
-    def run(self) -> CheckpointRef:
-        """Train to ``total_steps`` from wherever ``restore`` left the position; returns the final
-        committed checkpoint. Raises StopRequested after committing when SIGTERM arrives."""
+    def run(self, wait: bool = True) -> CheckpointRef | None:
+        """Train to ``total_steps`` from wherever ``restore`` left the position and commit the
+        final checkpoint; returns it once committed (``wait=False``: returns at once, and the caller
+        does what it can while the upload runs, then ``wait_committed``). Raises StopRequested after
+        committing when SIGTERM arrives."""
         state = self.state
         window_tokens, window_start = 0, time.perf_counter()
         while state.step < state.total_steps:
             if self.stop_requested():
                 self.commit()
+                self.wait_committed()
                 raise StopRequested(f"stopped at step {state.step}")
             started = time.perf_counter()
             logged = (state.step + 1) % self.hp.log_every == 0 or state.step + 1 == state.total_steps
@@ -266,9 +299,9 @@ class TrainLoop:
                 window_tokens, window_start = 0, time.perf_counter()
             if state.step % self.hp.checkpoint_every == 0 and state.step < state.total_steps:
                 self.commit()
-        if self.committed is None or self.committed.step != state.step:
-            self.commit()
-        return self.committed
+        if self._last_commit_step != state.step:
+            self.commit(final=True)
+        return self.wait_committed() if wait else None
 
     def _settle_loss(self) -> None:
         """The last step's global loss, read back for the checkpoint (a step that was not logged)."""

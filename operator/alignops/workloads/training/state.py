@@ -16,6 +16,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -56,17 +57,25 @@ class TrainState:
     def model(self) -> torch.nn.Module:
         return self.engine.model
 
-    def save(self, directory: Path) -> None:
-        """Write the model, optimizer, scheduler, RNG and position into ``directory``."""
+    def snapshot(self, directory: Path, optimizer: bool = True) -> Callable[[], None]:
+        """Take the checkpoint now (every process; the engine gathers what is sharded) and return
+        the write that finishes its weights files, which may run on another thread (``commits``).
+        ``optimizer``: with the optimizer and schedule state, which only a checkpoint that a run
+        may resume from needs (a stage's final checkpoint is read for its weights alone)."""
         world = self.engine.world
-        self.engine.save_pretrained(self.engine.model, directory)
-        self.engine.save_state(directory)
+        write = self.engine.snapshot(directory, optimizer)
         streams = world.all_gather_object(_rng_now())
         if world.is_main:
             torch.save({"world_size": world.size, "ranks": streams}, directory / RNG_STATE)
             (directory / TRAINER_STATE).write_text(json.dumps(
                 {"step": self.step, "total_steps": self.total_steps, "tokens_seen": self.tokens_seen,
-                 "last_loss": self.last_loss, "round": self.round, "world_size": world.size}))
+                 "last_loss": self.last_loss, "round": self.round, "world_size": world.size,
+                 "optimizer_state": optimizer}))
+        return write
+
+    def save(self, directory: Path, optimizer: bool = True) -> None:
+        """Write the model, optimizer, scheduler, RNG and position into ``directory``."""
+        self.snapshot(directory, optimizer)()
 
     def restore(self, directory: Path) -> None:
         """Restore optimizer, scheduler, RNG and position from a committed checkpoint's directory
@@ -75,7 +84,11 @@ class TrainState:
         saved = json.loads((directory / TRAINER_STATE).read_text())
         self.step, self.tokens_seen, self.last_loss = saved["step"], saved["tokens_seen"], saved.get("last_loss")
         self.world_size_saved = saved.get("world_size", 1)
-        self.engine.load_state(directory)
+        if saved.get("optimizer_state", True):
+            self.engine.load_state(directory)
+        elif self.step < self.total_steps and world.is_main:  # a final checkpoint of a longer run
+            print(f"resuming at step {self.step} from a checkpoint without optimizer state (a stage's final "
+                  "checkpoint): the optimizer's moments start from zero", file=sys.stderr, flush=True)
         rng = torch.load(directory / RNG_STATE, weights_only=False)
         streams = rng["ranks"] if "ranks" in rng else [rng]
         if len(streams) == world.size:
