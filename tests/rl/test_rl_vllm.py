@@ -15,6 +15,7 @@ import torch
 
 import fake_vllm
 from alignops.api.common import Architecture
+from alignops.api.generate import GenerateHyperparameters
 from alignops.api.rl import RlHyperparameters
 from alignops.seeds import SAMPLE
 from alignops.workloads.context import ConfigError
@@ -215,10 +216,12 @@ def test_split_rollout_run_loads_no_trainer_copy(vllm, saved_model, tmp_path, mo
     assert engine.generate([[1, 2]], SamplingSettings(n=1, max_new_tokens=2), [0])[0][0].token_ids
 
 
-def test_vllm_temperature_above_two_is_refused_at_validation():
+@pytest.mark.parametrize("model", [RlHyperparameters, GenerateHyperparameters], ids=["rl", "generate"])
+def test_vllm_temperature_above_two_is_refused_at_validation(model):
     with pytest.raises(ValueError, match="engine vllm samples at temperatures up to 2"):
-        RlHyperparameters.model_validate({"engine": "vllm", "temperature": 3})
-    assert RlHyperparameters.model_validate({"engine": "transformers", "temperature": 3}).temperature == 3
+        model.model_validate({"engine": "vllm", "temperature": 3})
+    assert model.model_validate({"engine": "transformers", "temperature": 3}).temperature == 3
+    assert model.model_validate({"engine": "vllm", "temperature": 2}).temperature == 2
 
 
 def test_vllm_missing_is_a_configuration_error(monkeypatch, saved_model, tmp_path):

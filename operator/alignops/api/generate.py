@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignops.api.base import ApiModel
 from alignops.api.common import URI_PATTERN
-from alignops.api.rl import RewardTerm
+from alignops.api.rl import RewardTerm, check_vllm_temperature
 
 GENERATE_METHODS: tuple[str, ...] = ("self_instruct", "evol_instruct", "self_align", "constitutional", "ai_preferences")
 # method -> the record format of the dataset it writes (what a consuming stage must read)
@@ -74,3 +74,8 @@ class GenerateHyperparameters(ApiModel):
     generation_batch_size: int = Field(64, ge=1, le=65536, description="Prompts per call of the rollout engine (transformers).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast on GPUs that support it when auto.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of every draw (seed tasks, principles, sampling).")
+
+    @model_validator(mode="after")
+    def _vllm_temperature(self) -> "GenerateHyperparameters":
+        check_vllm_temperature(self.engine, self.temperature)
+        return self

@@ -161,11 +161,16 @@ class RolloutSettings(ApiModel):
 
     @model_validator(mode="after")
     def _vllm_temperature(self) -> "RolloutSettings":
-        # vLLM's SamplingParams refuses temperatures above 2 (vllm/sampling_params.py, _verify_args)
-        if self.engine == "vllm" and self.temperature > 2:
-            raise ValueError(f"temperature {self.temperature}: engine vllm samples at temperatures up to 2; "
-                             "lower hyperparameters.temperature or use engine: transformers")
+        check_vllm_temperature(self.engine, self.temperature)
         return self
+
+
+def check_vllm_temperature(engine: str, temperature: float) -> None:
+    """vLLM's SamplingParams refuses temperatures above 2 (vllm/sampling_params.py, _verify_args):
+    refused at validation rather than in the pod. Every model that samples with an ``engine`` calls it."""
+    if engine == "vllm" and temperature > 2:
+        raise ValueError(f"temperature {temperature}: engine vllm samples at temperatures up to 2; "
+                         "lower hyperparameters.temperature or use engine: transformers")
 
 
 class RewardSettings(ApiModel):

@@ -102,3 +102,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def place_frozen(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """A model that is never trained: no gradients, eval mode, on ``device``. A view of a trained
+    model (its adapter off) is not a module of its own and lives where the trained model does."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    model.requires_grad_(False)
+    return model.to(device).eval()

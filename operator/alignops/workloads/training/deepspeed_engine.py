@@ -32,7 +32,7 @@ import torch
 from alignops.contract import DistributedRun
 from alignops.workloads.distributed import World
 from alignops.workloads.models.adapter import save_model_checkpoint
-from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.models.loading import autocast_dtype, pick_device, place_frozen
 from alignops.workloads.training.optimization import ScheduleState, Trainable, make_scheduler
 from alignops.workloads.training.optimizer_state import STATE_KEYS, OptimizerStateReader, write_optimizer_state
 
@@ -279,11 +279,8 @@ class DeepSpeedEngine:
         return deepspeed.zero.GatheredParameters(parameters, modifier_rank=None)
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not isinstance(model, torch.nn.Module):  # a view of a trained model (its adapter off): placed with it
-            return model
-        model.requires_grad_(False)
-        model = model.to(self.device).eval()
-        if self.run.zero_stage != 3:
+        model = place_frozen(model, self.device)
+        if self.run.zero_stage != 3 or not isinstance(model, torch.nn.Module):  # only ZeRO-3 shards a frozen model
             return model
         ds_engine, *_ = deepspeed.initialize(model=model, config=ds_config(self.hp, self.run, 0.0, inference=True))
         ds_engine.eval()

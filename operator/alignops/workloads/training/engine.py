@@ -25,7 +25,7 @@ import torch
 from alignops.contract import DistributedRun
 from alignops.workloads.distributed import SINGLE, World
 from alignops.workloads.models.adapter import save_model_checkpoint
-from alignops.workloads.models.loading import autocast_dtype, pick_device
+from alignops.workloads.models.loading import autocast_dtype, pick_device, place_frozen
 from alignops.workloads.training.optimization import ScheduleState, Trainable, make_scheduler
 from alignops.workloads.training.optimizer_state import (
     OptimizerStateReader,
@@ -173,10 +173,7 @@ class PlainEngine:
         return contextlib.nullcontext()
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not isinstance(model, torch.nn.Module):  # a view of a trained model (its adapter off): placed with it
-            return model
-        model.requires_grad_(False)
-        return model.to(pick_device()).eval()
+        return place_frozen(model, pick_device())
 
 
 def make_engine(trainables: Sequence[Trainable], hp: Any, total_steps: int, world: World = SINGLE,
