@@ -46,6 +46,13 @@ def test_every_self_training_method_has_a_recipe():
     assert {p.name for p in RECIPES} >= {"raft.yaml", "rest.yaml", "oaif.yaml", "spin.yaml"}
 
 
+def _sft_apart_from_length(stage: dict) -> dict:
+    """An SFT stage without what the recipes tune per method (how long it trains, which the tiny
+    overrides set anyway): spin's starts from a longer SFT than raft's."""
+    hyperparameters = {k: v for k, v in stage.get("hyperparameters", {}).items() if k not in TINY_TRAINING}
+    return {**stage, "hyperparameters": hyperparameters}
+
+
 def _recipes_as_one_job() -> dict:
     """The recipes' stages as one pipeline (one SFT stage feeding every other), so that CI pays for
     one SFT run and one `alignops run` instead of one per recipe. Each recipe's own manifest is
@@ -55,7 +62,8 @@ def _recipes_as_one_job() -> dict:
     for recipe in RECIPES:
         for stage in yaml.safe_load(recipe.read_text())["spec"]["stages"]:
             if stage["type"] == "sft":
-                assert stage == first["spec"]["stages"][0], f"{recipe.name}: its SFT stage differs from {RECIPES[0].name}'s"
+                assert _sft_apart_from_length(stage) == _sft_apart_from_length(first["spec"]["stages"][0]), \
+                    f"{recipe.name}: its SFT stage differs from {RECIPES[0].name}'s"
                 if stages:
                     continue
             assert stage["name"] not in names, f"{recipe.name}: stage name {stage['name']} is taken by another recipe"
