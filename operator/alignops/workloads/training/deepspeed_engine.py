@@ -212,14 +212,14 @@ class DeepSpeedEngine:
         module = self.engines[0].module
         state = self._host_weights(module)
         if optimizer:
-            self.save_state(directory)
+            self._write_state(directory)
 
         def write() -> None:
             if state is not None:
                 save_model_checkpoint(module, directory, state)
         return write
 
-    def save_state(self, directory: Path) -> None:
+    def _write_state(self, directory: Path) -> None:
         for ds_engine in self.engines:  # a checkpoint before the first step (a round with nothing to learn) has zero moments
             _ensure_adam_state(ds_engine)
 

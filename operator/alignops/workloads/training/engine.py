@@ -63,12 +63,9 @@ class Engine(Protocol):
         """``model`` (one of the trainables) as a whole Hugging Face checkpoint, written by rank 0
         (every process calls it)."""
 
-    def save_state(self, directory: Path) -> None:
-        """Optimizer (by parameter name) and scheduler state (every process calls it)."""
-
     def snapshot(self, directory: Path, optimizer: bool) -> Callable[[], None]:
-        """A checkpoint of the main model's weights (and with ``optimizer`` the optimizer and
-        schedule state) for ``directory``, in two parts: what must happen now (collectives, copies
+        """A checkpoint of the main model's weights (and with ``optimizer`` the optimizer state by
+        parameter name, and the schedule) for ``directory``, in two parts: what must happen now (collectives, copies
         off the live tensors) happens in this call, on every process; the returned write finishes
         the files on the main process and may run on another thread while training goes on."""
 
@@ -143,10 +140,6 @@ class PlainEngine:
 
     def save_pretrained(self, model: torch.nn.Module, directory: Path) -> None:
         save_model_checkpoint(model, directory)
-
-    def save_state(self, directory: Path) -> None:
-        write_optimizer_state(directory, adam_states(self.optimizer, _named(self.trainables)), adam_step(self.optimizer))
-        ScheduleState.save([self.scheduler], directory)
 
     def snapshot(self, directory: Path, optimizer: bool) -> Callable[[], None]:
         weights = host_copy(self.model.state_dict())
